@@ -1,0 +1,92 @@
+# beamops.release: every entry point a user or CI needs. Each target installs what it needs itself.
+#   make demo   boot test hosts, build the sample release, deploy it blue-green
+#   make test   the full suite (unit, lint, real test hosts, molecule); ends with pytest's summary
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := $(CURDIR)/.venv
+BIN := $(VENV)/bin
+N ?= 2
+VERSION ?= 0.1.0
+STAMP := $(CURDIR)/build/stamps
+HARNESS := $(BIN)/python $(CURDIR)/tests/harness/testhosts.py
+STAGE := $(CURDIR)/tests/tools/stage.sh
+# Debian packages the controller needs: venv for the toolchain, nspawn + mmdebstrap for the
+# test hosts, Elixir to build the sample release, ssh to reach the hosts.
+APT_PACKAGES := python3-venv python3-pip systemd-container mmdebstrap openssh-client iproute2 \
+	util-linux elixir erlang-dev curl ca-certificates git make
+
+# Collections are looked up here: build/collections/ansible_collections/beamops/release -> repo.
+export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/build/collections
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PATH := $(BIN):$(PATH)
+
+.PHONY: help deps venv collection image hosts down release demo test unit lint bench clean
+
+help:
+	@sed -n '2,3p' Makefile | sed 's/^# *//'
+	@echo "  make lint | bench | hosts N=3 | down | release VERSION=x.y.z | clean"
+
+$(STAMP):
+	@mkdir -p $@
+
+deps: $(STAMP)/deps
+$(STAMP)/deps: | $(STAMP)
+	@missing=$$(dpkg-query -W -f='$${Package} $${Status}\n' $(APT_PACKAGES) 2>/dev/null \
+	  | awk '$$NF != "installed" {print $$1}'; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W $$p >/dev/null 2>&1 || echo $$p; done | sort -u | tr '\n' ' '); \
+	if [ -n "$${missing// /}" ]; then \
+	  echo "[deps] apt-get install $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends $$missing >/dev/null; \
+	else echo "[deps] Debian packages present"; fi
+	@touch $@
+
+venv: $(STAMP)/venv
+$(STAMP)/venv: requirements.txt constraints.txt $(STAMP)/deps
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.txt -c constraints.txt
+	@touch $@
+
+collection: $(CURDIR)/build/collections/ansible_collections/beamops/release
+$(CURDIR)/build/collections/ansible_collections/beamops/release:
+	@mkdir -p $(dir $@) $(CURDIR)/build/mypy_path/ansible_collections/beamops
+	@ln -sfn $(CURDIR) $@
+	@ln -sfn $(CURDIR) $(CURDIR)/build/mypy_path/ansible_collections/beamops/release
+
+image: venv
+	@$(HARNESS) build
+
+hosts: venv image
+	@$(HARNESS) up $(N)
+
+down:
+	@if [ -x $(BIN)/python ]; then $(HARNESS) down; else $(PYTHON) tests/harness/testhosts.py down; fi
+
+release: deps
+	@examples/sample_app/build.sh $(VERSION) $(CURDIR)/build/releases
+
+demo: venv collection image
+	@$(BIN)/python tests/tools/demo.py
+
+unit: venv collection
+	@$(BIN)/pytest tests/unit -q
+
+lint: venv collection
+	@$(BIN)/pytest tests/lint -q
+
+bench: venv collection image
+	@$(BIN)/python bench/run.py
+
+# Stages are timed by tests/tools/stage.sh; the times are printed again in pytest's summary.
+test: collection
+	@rm -f build/stage-times.txt
+	@$(STAGE) deps $(MAKE) --no-print-directory deps
+	@$(STAGE) venv $(MAKE) --no-print-directory venv
+	@$(STAGE) image $(MAKE) --no-print-directory image
+	@$(BIN)/pytest tests --durations=15
+
+clean: down
+	@rm -rf build dist tests/output

@@ -1,0 +1,83 @@
+"""Linters as tests: a violation anywhere fails the suite, so the tree stays at zero warnings."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+PYTHON_TREES = ["plugins", "tests", "bench", "docs", "molecule", "examples"]
+
+
+def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(REPO / "build" / "collections")}
+    return subprocess.run(
+        cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+
+
+def existing(paths: list[str]) -> list[str]:
+    return [p for p in paths if (REPO / p).exists()]
+
+
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        pytest.param(["ruff", "check"], id="ruff-check"),
+        pytest.param(["ruff", "format", "--check"], id="ruff-format"),
+    ],
+)
+def test_ruff(cmd: list[str]) -> None:
+    result = run([str(BIN / cmd[0]), *cmd[1:], *existing(PYTHON_TREES)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_strict() -> None:
+    result = run([str(BIN / "mypy"), *existing(PYTHON_TREES)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ansible_lint_production_profile() -> None:
+    result = run([str(BIN / "ansible-lint"), "--profile", "production", "--nocolor"])
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert re.search(r"Passed: 0 failure\(s\), 0 warning\(s\)", output), output
+
+
+def test_collection_builds_and_installs(tmp_path: Path) -> None:
+    """`ansible-galaxy collection build` yields a tarball that installs and lists our plugins."""
+    built = run(
+        [
+            str(BIN / "ansible-galaxy"),
+            "collection",
+            "build",
+            "--output-path",
+            str(tmp_path),
+            "--force",
+        ]
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    tarballs = list(tmp_path.glob("beamops-release-*.tar.gz"))
+    assert len(tarballs) == 1, built.stdout
+    target = tmp_path / "installed"
+    installed = run(
+        [
+            str(BIN / "ansible-galaxy"),
+            "collection",
+            "install",
+            "--offline",
+            "-p",
+            str(target),
+            str(tarballs[0]),
+        ]
+    )
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    root = target / "ansible_collections" / "beamops" / "release"
+    assert (root / "galaxy.yml").exists() or (root / "MANIFEST.json").exists()
+    assert not (root / ".venv").exists(), "the venv must not be packaged"
