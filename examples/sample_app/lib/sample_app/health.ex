@@ -1,0 +1,69 @@
+defmodule SampleApp.Health do
+  @moduledoc """
+  Build identity and the readiness state the deploy tooling polls.
+
+  Readiness is computed from the boot time on every request rather than flipped by
+  timers, so there is no process that can fall behind or crash. Static values live in
+  `:persistent_term` (read on every request, written once); the draining flag is an
+  atomic because it changes at runtime.
+  """
+
+  @key {__MODULE__, :state}
+
+  @type status :: :starting | :ready | :failing | :draining
+
+  @spec init(keyword()) :: :ok
+  def init(config) do
+    :persistent_term.put(@key, %{
+      version: config |> Keyword.fetch!(:version) |> to_string(),
+      slot: Keyword.fetch!(config, :slot),
+      booted_at_ms: now_ms(),
+      ready_delay_ms: Keyword.fetch!(config, :ready_delay_ms),
+      fail_health: Keyword.fetch!(config, :fail_health),
+      fail_after_ms: Keyword.fetch!(config, :fail_after_ms),
+      draining: :atomics.new(1, [])
+    })
+  end
+
+  @spec version() :: String.t()
+  def version, do: state().version
+
+  @spec slot() :: String.t()
+  def slot, do: state().slot
+
+  @spec node_name() :: String.t()
+  def node_name, do: Atom.to_string(node())
+
+  @spec uptime_seconds() :: float()
+  def uptime_seconds, do: (now_ms() - state().booted_at_ms) / 1000
+
+  @spec start_draining() :: :ok
+  def start_draining, do: :atomics.put(state().draining, 1, 1)
+
+  @spec draining?() :: boolean()
+  def draining?, do: :atomics.get(state().draining, 1) == 1
+
+  @doc "True once FAIL_AFTER_MS has elapsed since readiness: the release 'broke' after a switch."
+  @spec broken?() :: boolean()
+  def broken? do
+    %{fail_after_ms: fail_after_ms} = state = state()
+    fail_after_ms != nil and now_ms() >= ready_at_ms(state) + fail_after_ms
+  end
+
+  @spec status() :: status()
+  def status do
+    state = state()
+
+    cond do
+      draining?() -> :draining
+      state.fail_health -> :failing
+      now_ms() < ready_at_ms(state) -> :starting
+      broken?() -> :failing
+      true -> :ready
+    end
+  end
+
+  defp ready_at_ms(state), do: state.booted_at_ms + state.ready_delay_ms
+  defp state, do: :persistent_term.get(@key)
+  defp now_ms, do: System.monotonic_time(:millisecond)
+end
