@@ -1,0 +1,1 @@
+"""Test harness: throw-away Debian hosts (systemd-nspawn) for integration and molecule runs."""
