@@ -18,7 +18,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 # Errors that mean "the server closed this connection before answering": safe to retry once
@@ -57,7 +57,7 @@ class Tally:
         with self.lock:
             self.retries += 1
 
-    def summary(self) -> Dict[str, object]:
+    def summary(self) -> Dict[str, Any]:
         with self.lock:
             return {
                 "requests": self.ok + self.failed,
@@ -205,14 +205,14 @@ class Load:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def stop(self) -> Dict[str, object]:
+    def stop(self) -> Dict[str, Any]:
         self.stop_event.set()
         self.timer.cancel()
         for worker in self.workers:
             worker.join(timeout=10)
         return self.result()
 
-    def result(self) -> Dict[str, object]:
+    def result(self) -> Dict[str, Any]:
         summary = self.tally.summary()
         summary["seconds"] = round(time.monotonic() - self.started, 2)
         return summary

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import testinfra.utils.ansible_runner
+from testinfra.host import Host
 
 HOSTS = testinfra.utils.ansible_runner.AnsibleRunner(
     os.environ["MOLECULE_INVENTORY_FILE"]
@@ -13,7 +14,7 @@ HOSTS = testinfra.utils.ansible_runner.AnsibleRunner(
 testinfra_hosts = [f"ansible://{name}" for name in HOSTS]
 
 
-def test_systemd_is_pid_1_and_the_system_is_up(host) -> None:
+def test_systemd_is_pid_1_and_the_system_is_up(host: Host) -> None:
     name = host.backend.get_hostname()
     assert host.file("/proc/1/comm").content_string.strip() == "systemd"
     state = host.run("systemctl is-system-running --wait").stdout.strip()
@@ -21,14 +22,14 @@ def test_systemd_is_pid_1_and_the_system_is_up(host) -> None:
     assert state == "running", f"{name}: {state}; failed units: {failed}"
 
 
-def test_a_unit_starts_and_stops(host) -> None:
+def test_a_unit_starts_and_stops(host: Host) -> None:
     host.run_test("systemctl start beamops-sleeper.service")
     assert host.service("beamops-sleeper").is_running
     host.run_test("systemctl stop beamops-sleeper.service")
     assert not host.service("beamops-sleeper").is_running
 
 
-def test_memory_max_kills_a_memory_hog(host) -> None:
+def test_memory_max_kills_a_memory_hog(host: Host) -> None:
     limited = host.run("systemctl start beamops-memhog.service")
     result = host.run("systemctl show -p Result --value beamops-memhog.service").stdout.strip()
     assert limited.rc != 0, "256 MiB allocated under MemoryMax=64M: the limit is not enforced"
@@ -42,7 +43,7 @@ def test_memory_max_kills_a_memory_hog(host) -> None:
     assert unlimited.rc == 0, unlimited.stderr
 
 
-def test_hosts_reach_each_other_and_have_no_erlang(host) -> None:
+def test_hosts_reach_each_other_and_have_no_erlang(host: Host) -> None:
     for other in HOSTS:
         host.run_test(f"timeout 3 bash -c 'echo > /dev/tcp/{other}/22'")
     assert host.run("command -v erl").rc != 0, "test hosts must not have Erlang installed"

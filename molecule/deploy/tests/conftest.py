@@ -1,0 +1,112 @@
+"""Fixtures for the deploy scenario: the molecule inventory, the hosts, load through proxies."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+
+import pytest
+import testinfra
+import testinfra.utils.ansible_runner
+
+REPO = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+sys.path.insert(0, str(REPO))
+
+from tests.tools import deploykit  # noqa: E402
+from tests.tools.loadgen import Load  # noqa: E402
+
+INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+RUNNER = testinfra.utils.ansible_runner.AnsibleRunner(INVENTORY)
+HOSTS: List[str] = sorted(RUNNER.get_hosts("beamops_app"))
+STATE_FILE = "/opt/sample_app/release-state.json"
+
+
+def address(name: str) -> str:
+    return str(RUNNER.get_variables(name)["ansible_host"])
+
+
+class Fleet:
+    """The scenario's hosts as an operator sees them: playbooks, proxies, state files."""
+
+    def __init__(self) -> None:
+        self.inventories = [INVENTORY]
+        self.hosts = {
+            name: testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
+            for name in HOSTS
+        }
+
+    def playbook(
+        self, name: str, *args: str, inventories: List[str] | None = None
+    ) -> deploykit.PlaybookRun:
+        run = deploykit.run_playbook(inventories or self.inventories, name, *args)
+        print(f"\n--- {name} {' '.join(args)}: rc={run.rc} in {run.seconds}s, recap {run.recap}")
+        return run
+
+    def deploy(self, version: str, *args: str, **kw: List[str]) -> deploykit.PlaybookRun:
+        return self.playbook("deploy", *deploykit.release_args(version), *args, **kw)
+
+    def state(self, name: str) -> Dict[str, Any]:
+        return dict(json.loads(self.hosts[name].file(STATE_FILE).content_string))
+
+    def state_bytes(self) -> Dict[str, str]:
+        return {
+            name: host.check_output(f"sha256sum {STATE_FILE}") for name, host in self.hosts.items()
+        }
+
+    def served(self) -> Dict[str, str]:
+        """What each host's proxy answers on / (version and slot)."""
+        return {
+            name: host.check_output("curl -s --max-time 3 http://127.0.0.1/")
+            for name, host in self.hosts.items()
+        }
+
+    def proxy_config_slot(self, name: str) -> str:
+        """The live slot as the proxy's own configuration records it."""
+        host = self.hosts[name]
+        upstream = host.file("/etc/nginx/conf.d/sample_app.upstream")
+        if upstream.exists:
+            port = re.search(r"server 127\.0\.0\.1:(\d+)", upstream.content_string)
+            return {"4001": "blue", "4002": "green"}[port.group(1) if port else ""]
+        enabled = re.findall(
+            r"^\s*server (blue|green) (?!.*disabled).*$",
+            host.file("/etc/haproxy/haproxy.cfg").content_string,
+            re.MULTILINE,
+        )
+        assert len(enabled) == 1, enabled
+        return str(enabled[0])
+
+    def under_load(self) -> LoadedFleet:
+        return LoadedFleet([address(name) for name in HOSTS])
+
+
+class LoadedFleet:
+    """Continuous requests through every host's proxy while the block runs."""
+
+    def __init__(self, addresses: List[str]) -> None:
+        self.loads = {a: Load(f"http://{a}/", rate=100, workers=8) for a in addresses}
+        self.results: Dict[str, Dict[str, Any]] = {}
+
+    def __enter__(self) -> LoadedFleet:
+        for load in self.loads.values():
+            load.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.results = {a: load.stop() for a, load in self.loads.items()}
+        for a, result in self.results.items():
+            print(f"load via {a}: {json.dumps(result)}")
+
+    def failed(self) -> int:
+        return sum(int(r["failed"]) for r in self.results.values())
+
+    def requests(self) -> int:
+        return sum(int(r["requests"]) for r in self.results.values())
+
+
+@pytest.fixture(scope="session")
+def fleet() -> Iterator[Fleet]:
+    yield Fleet()

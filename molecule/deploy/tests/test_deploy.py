@@ -1,0 +1,209 @@
+"""Every user story of the deploy pipeline, in order, on two real hosts (nginx and HAProxy).
+
+converge has deployed 0.1.0 and idempotence has re-run it with changed=0 before these run.
+Each test leaves the fleet in the state the next one expects; they are meant to run in order.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+from conftest import HOSTS, STATE_FILE, Fleet, deploykit
+
+SECRET_KEY_BASE = "demo-only-secret-key-base-not-for-production-0123456789abcdef"
+COOKIE = "demo-only-cookie-0123456789abcdef"
+
+
+def settle() -> None:
+    time.sleep(1.5)
+
+
+def test_first_deploy_serves_0_1_0_through_both_proxies(fleet: Fleet) -> None:
+    assert fleet.served() == {name: "sample_app 0.1.0 on blue" for name in HOSTS}
+    for name in HOSTS:
+        state = fleet.state(name)
+        assert state["active"]["version"] == "0.1.0"
+        assert state["releases"]["0.1.0"]["status"] == "good"
+        assert state["lock"] is None
+
+
+def test_release_files_are_roots_and_secrets_are_root_only(fleet: Fleet) -> None:
+    for host in fleet.hosts.values():
+        release = host.file("/opt/sample_app/releases/0.1.0/bin/sample_app")
+        assert (release.user, release.group) == ("root", "root")
+        assert host.run("runuser -u sample_app -- touch /opt/sample_app/releases/0.1.0/x").rc != 0
+        secrets = host.file("/etc/sample_app/blue.secrets.env")
+        assert (secrets.user, secrets.mode) == ("root", 0o600)
+        assert SECRET_KEY_BASE in secrets.content_string
+        plain = host.file("/etc/sample_app/blue.env")
+        assert plain.mode == 0o640
+        assert SECRET_KEY_BASE not in plain.content_string
+        assert COOKIE not in plain.content_string
+        assert host.check_output("systemctl show -p User --value sample_app@blue") == "sample_app"
+
+
+def test_deploy_0_2_0_under_load_fails_no_request(fleet: Fleet) -> None:
+    with fleet.under_load() as load:
+        settle()
+        run = fleet.deploy("0.2.0")
+        settle()
+    assert run.rc == 0, run.tail()
+    assert load.failed() == 0, load.results
+    assert load.requests() > 1000
+    assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
+    for name, host in fleet.hosts.items():
+        assert not host.service("sample_app@blue").is_running
+        assert fleet.proxy_config_slot(name) == "green"
+    for result in load.results.values():
+        answers = result["answers"]
+        assert "sample_app 0.1.0 on blue" in answers and "sample_app 0.2.0 on green" in answers
+
+
+def test_redeploying_the_same_release_changes_and_restarts_nothing(fleet: Fleet) -> None:
+    pids = {
+        n: h.check_output("systemctl show -p MainPID --value sample_app@green")
+        for n, h in fleet.hosts.items()
+    }
+    run = fleet.deploy("0.2.0")
+    assert run.rc == 0, run.tail()
+    assert all(counts["changed"] == 0 for counts in run.recap.values()), run.recap
+    assert pids == {
+        n: h.check_output("systemctl show -p MainPID --value sample_app@green")
+        for n, h in fleet.hosts.items()
+    }
+
+
+def test_check_diff_shows_changes_but_no_secret(fleet: Fleet) -> None:
+    before = fleet.state_bytes()
+    run = fleet.deploy(
+        "0.3.0",
+        "--check",
+        "--diff",
+        "-e",
+        '{"beamops_secret_env": {"SECRET_KEY_BASE": "rotated-secret-value-xyz-0123456789"}}',
+    )
+    assert run.rc == 0, run.tail()
+    assert "rotated-secret-value-xyz" not in run.output
+    assert SECRET_KEY_BASE not in run.output and COOKIE not in run.output
+    assert "0.3.0" in run.output
+    assert fleet.state_bytes() == before, "--check changed a host's release state"
+    assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
+
+
+def test_a_release_that_never_gets_ready_is_refused_and_marked_bad(fleet: Fleet) -> None:
+    with fleet.under_load() as load:
+        settle()
+        run = fleet.deploy(
+            "0.3.0", "-e", '{"beamops_env": {"FAIL_HEALTH": "1"}}', "-e", "beamops_start_timeout=10"
+        )
+        settle()
+    assert run.rc != 0
+    for name in HOSTS:
+        assert re.search(
+            rf"{name}: slot blue \(release 0\.3\.0\) did not become ready at "
+            r"http://127\.0\.0\.1:4001/health/ready.*Last answer:.*503.*failing",
+            run.output,
+            re.DOTALL,
+        ), run.tail()
+        assert fleet.state(name)["releases"]["0.3.0"]["status"] == "bad"
+    assert load.failed() == 0, load.results
+    assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
+
+
+def test_a_release_that_breaks_after_the_switch_is_switched_back(fleet: Fleet) -> None:
+    run = fleet.deploy("0.4.0", "-e", '{"beamops_env": {"FAIL_AFTER_MS": "1500"}}')
+    assert run.rc != 0
+    assert "failed after the switch" in run.output and "switched back to slot green" in run.output
+    assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
+    for name in HOSTS:
+        state = fleet.state(name)
+        assert state["releases"]["0.4.0"]["status"] == "bad"
+        assert state["active"]["version"] == "0.2.0"
+
+
+def test_rollback_goes_to_the_previous_good_release_under_load(fleet: Fleet) -> None:
+    with fleet.under_load() as load:
+        settle()
+        run = fleet.playbook("rollback")
+        settle()
+    assert run.rc == 0, run.tail()
+    assert load.failed() == 0, load.results
+    assert fleet.served() == {name: "sample_app 0.1.0 on blue" for name in HOSTS}
+    for name in HOSTS:
+        assert fleet.state(name)["releases"]["0.2.0"]["status"] == "bad"
+
+
+def test_rollback_to_picks_a_version(fleet: Fleet) -> None:
+    run = fleet.playbook("rollback", "-e", "rollback_to=0.2.0")
+    assert run.rc == 0, run.tail()
+    assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
+
+
+def test_rollback_to_an_unknown_version_is_refused(fleet: Fleet) -> None:
+    before = fleet.state_bytes()
+    run = fleet.playbook("rollback", "-e", "rollback_to=9.9.9")
+    assert run.rc != 0
+    assert "rollback_to=9.9.9 is not installed" in run.output, run.tail()
+    assert fleet.state_bytes() == before
+
+
+def test_checksum_mismatch_is_refused_before_any_host_changes(fleet: Fleet) -> None:
+    before = fleet.state_bytes()
+    args = [
+        "beamops_release_sha256=" + "0" * 64 if a.startswith("beamops_release_sha256=") else a
+        for a in deploykit.release_args("0.3.0")
+    ]
+    run = fleet.playbook("deploy", *args)
+    assert run.rc != 0
+    assert "Checksum mismatch" in run.output and "beamops_release_sha256" in run.output, run.tail()
+    assert fleet.state_bytes() == before
+    for host in fleet.hosts.values():
+        assert not host.file("/opt/sample_app/releases/.0.3.0.partial").exists
+
+
+def test_missing_required_variable_is_named_before_any_host_changes(fleet: Fleet) -> None:
+    before = fleet.state_bytes()
+    run = fleet.playbook(
+        "deploy",
+        "-e",
+        "beamops_release_version=0.3.0",
+        "-e",
+        f"beamops_release_src={Path('build/releases/x.tar.gz')}",
+    )
+    assert run.rc != 0
+    assert "beamops_release_sha256" in run.output, run.tail()
+    assert fleet.state_bytes() == before
+
+
+def test_a_second_concurrent_deploy_fails_fast_naming_the_holder(fleet: Fleet) -> None:
+    lock = fleet.playbook(str(Path(__file__).with_name("take_lock.yml")), "-e", "lock_action=lock")
+    assert lock.rc == 0, lock.tail()
+    try:
+        before = fleet.state_bytes()
+        run = fleet.deploy("0.3.0")
+        assert run.rc != 0
+        assert "held by alice@elsewhere (deploy 9.0.0)" in run.output, run.tail()
+        assert run.seconds < 30
+        assert fleet.state_bytes() == before
+    finally:
+        unlock = fleet.playbook(
+            str(Path(__file__).with_name("take_lock.yml")), "-e", "lock_action=unlock"
+        )
+        assert unlock.rc == 0, unlock.tail()
+
+
+def test_status_reports_each_host(fleet: Fleet) -> None:
+    run = fleet.playbook("status")
+    assert run.rc == 0, run.tail()
+    for name in HOSTS:
+        assert re.search(rf"host: {name}", run.output)
+    assert run.output.count("active_version: 0.2.0") == len(HOSTS)
+    assert "healthy: true" in run.output
+
+
+def test_state_file_never_holds_a_secret(fleet: Fleet) -> None:
+    for host in fleet.hosts.values():
+        text = host.file(STATE_FILE).content_string
+        assert SECRET_KEY_BASE not in text and COOKIE not in text

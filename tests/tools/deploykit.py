@@ -1,0 +1,104 @@
+"""Drive the collection's playbooks the way an operator does, and read what they did.
+
+Shared by the molecule verifiers, the demo and the benchmarks: ansible-playbook runs as a
+subprocess against a real inventory; the PLAY RECAP is parsed per host.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+REPO = Path(__file__).resolve().parents[2]
+RELEASES = REPO / "build" / "releases"
+BIN = Path(sys.executable).parent
+RECAP = re.compile(
+    r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
+    r"unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)",
+    re.MULTILINE,
+)
+
+
+@dataclass
+class PlaybookRun:
+    rc: int
+    output: str
+    seconds: float
+
+    @property
+    def recap(self) -> Dict[str, Dict[str, int]]:
+        return {
+            m["host"]: {k: int(m[k]) for k in ("ok", "changed", "unreachable", "failed")}
+            for m in RECAP.finditer(self.output)
+        }
+
+    def tail(self, lines: int = 60) -> str:
+        return "\n".join(self.output.splitlines()[-lines:])
+
+
+def release_args(version: str) -> List[str]:
+    """The three required variables for a sample release built into build/releases."""
+    tarball = RELEASES / f"sample_app-{version}.tar.gz"
+    sha256 = (RELEASES / f"sample_app-{version}.tar.gz.sha256").read_text().split()[0]
+    return [
+        "-e",
+        f"beamops_release_version={version}",
+        "-e",
+        f"beamops_release_src={tarball}",
+        "-e",
+        f"beamops_release_sha256={sha256}",
+    ]
+
+
+def ansible_env() -> Dict[str, str]:
+    return {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        "ANSIBLE_COLLECTIONS_PATH": str(REPO / "build" / "collections"),
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_NOCOLOR": "1",
+    }
+
+
+def run_playbook(
+    inventories: Sequence[str], playbook: str, *args: str, timeout: float = 600
+) -> PlaybookRun:
+    """Run playbooks/<playbook>.yml (or any path) against the inventories."""
+    path = playbook if playbook.endswith(".yml") else str(REPO / "playbooks" / f"{playbook}.yml")
+    cmd = [str(BIN / "ansible-playbook"), path]
+    for inventory in inventories:
+        cmd += ["-i", inventory]
+    started = time.monotonic()
+    result = subprocess.run(
+        [*cmd, *args],
+        cwd=REPO,
+        env=ansible_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return PlaybookRun(
+        result.returncode, result.stdout + result.stderr, round(time.monotonic() - started, 1)
+    )
+
+
+def run_module(inventories: Sequence[str], pattern: str, module: str, args: str) -> PlaybookRun:
+    """An ad-hoc module run (e.g. to take a deploy lock as another operator would)."""
+    cmd = [str(BIN / "ansible"), pattern, "-m", module, "-a", args]
+    for inventory in inventories:
+        cmd += ["-i", inventory]
+    started = time.monotonic()
+    result = subprocess.run(
+        cmd, cwd=REPO, env=ansible_env(), capture_output=True, text=True, timeout=120, check=False
+    )
+    return PlaybookRun(
+        result.returncode, result.stdout + result.stderr, round(time.monotonic() - started, 1)
+    )
