@@ -56,12 +56,12 @@ def release_args(version: str) -> List[str]:
     ]
 
 
-def ansible_env() -> Dict[str, str]:
+def ansible_env(collections_path: Path = REPO / "build" / "collections") -> Dict[str, str]:
     return {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_COLLECTIONS_PATH": str(REPO / "build" / "collections"),
+        "ANSIBLE_COLLECTIONS_PATH": str(collections_path),
         "ANSIBLE_FORCE_COLOR": "0",
         "ANSIBLE_NOCOLOR": "1",
     }

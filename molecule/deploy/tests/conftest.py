@@ -15,8 +15,15 @@ import testinfra.utils.ansible_runner
 
 REPO = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "build" / "collections"))
+
+from ansible_collections.beamops.release.plugins.filter.systemd_env import (  # noqa: E402
+    systemd_env,
+)
 
 from tests.tools import deploykit  # noqa: E402
+
+__all__ = ["HOSTS", "STATE_FILE", "Fleet", "deploykit", "systemd_env"]
 from tests.tools.loadgen import Load  # noqa: E402
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]

@@ -6,11 +6,13 @@ Each test leaves the fleet in the state the next one expects; they are meant to 
 
 from __future__ import annotations
 
+import base64
 import re
+import subprocess
 import time
 from pathlib import Path
 
-from conftest import HOSTS, STATE_FILE, Fleet, deploykit
+from conftest import HOSTS, STATE_FILE, Fleet, deploykit, systemd_env
 
 SECRET_KEY_BASE = "demo-only-secret-key-base-not-for-production-0123456789abcdef"
 COOKIE = "demo-only-cookie-0123456789abcdef"
@@ -207,3 +209,95 @@ def test_state_file_never_holds_a_secret(fleet: Fleet) -> None:
     for host in fleet.hosts.values():
         text = host.file(STATE_FILE).content_string
         assert SECRET_KEY_BASE not in text and COOKIE not in text
+
+
+def test_systemd_reads_back_the_environment_exactly(fleet: Fleet) -> None:
+    """The systemd_env filter's quoting, read back by systemd's own EnvironmentFile parser."""
+    tricky = {
+        "PLAIN": "value",
+        "SPACES": "two words  and more",
+        "QUOTES": "say \"hi\" and 'bye'",
+        "BACKSLASH": "C:\\path\\to\\x",
+        "DOLLAR": "$HOME and ${PATH}",
+        "HASH": "# no comment",
+        "EQUALS": "a=b=c",
+        "UTF8": "héllo wörld",
+        "NUMBER": 4001,
+        "FLAG": True,
+    }
+    encoded = base64.b64encode(systemd_env(tricky).encode()).decode()
+    host = next(iter(fleet.hosts.values()))
+    host.run_test(f"echo {encoded} | base64 -d > /run/beamops-env-test.env")
+    output = host.check_output(
+        "systemd-run --wait --pipe --quiet"
+        " -p EnvironmentFile=/run/beamops-env-test.env /usr/bin/env"
+    )
+    seen = dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
+    for name, value in tricky.items():
+        expected = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        assert seen[name] == expected, name
+
+
+def test_a_failed_batch_rolls_back_the_batches_already_switched(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """serial=1: bo1 switches to 0.3.0, bo2 (second batch) never gets ready; bo1 goes back."""
+    breaks_bo2 = tmp_path / "breaks_bo2.yml"
+    breaks_bo2.write_text("all:\n  hosts:\n    bo2:\n      beamops_env: {FAIL_HEALTH: '1'}\n")
+    with fleet.under_load() as load:
+        settle()
+        run = fleet.deploy(
+            "0.3.0",
+            "-e",
+            "beamops_serial=1",
+            "-e",
+            "beamops_start_timeout=8",
+            inventories=[*fleet.inventories, str(breaks_bo2)],
+        )
+        settle()
+    assert run.rc != 0
+    assert "bo2: slot blue (release 0.3.0) did not become ready" in run.output, run.tail()
+    assert re.search(
+        r"bo1: rolled back to 0\.2\.0.*rollout halted: failed on bo2", run.output, re.DOTALL
+    ), run.tail()
+    assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
+    assert fleet.state("bo1")["active"]["version"] == "0.2.0"
+    assert fleet.state("bo1")["releases"]["0.3.0"]["status"] == "bad"
+    assert load.failed() == 0, load.results
+
+
+def test_playbooks_run_from_the_installed_collection(fleet: Fleet, tmp_path: Path) -> None:
+    """ansible-playbook beamops.release.deploy / .status from a built and installed tarball.
+
+    ANSIBLE_COLLECTIONS_PATH names only the installed copy, so the FQCNs can resolve nowhere else.
+    """
+    galaxy = str(deploykit.BIN / "ansible-galaxy")
+    env = deploykit.ansible_env()
+    subprocess.run(
+        [galaxy, "collection", "build", "--output-path", str(tmp_path), "--force"],
+        cwd=deploykit.REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    tarball = next(tmp_path.glob("beamops-release-*.tar.gz"))
+    installed = tmp_path / "collections"
+    subprocess.run(
+        [galaxy, "collection", "install", "--offline", "-p", str(installed), str(tarball)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    status = deploykit.run_playbook(
+        fleet.inventories, "beamops.release.status", collections_path=installed
+    )
+    assert status.rc == 0, status.tail()
+    assert status.output.count("active_version: 0.2.0") == len(HOSTS)
+    again = deploykit.run_playbook(
+        fleet.inventories,
+        "beamops.release.deploy",
+        *deploykit.release_args("0.2.0"),
+        collections_path=installed,
+    )
+    assert again.rc == 0, again.tail()
+    assert all(counts["changed"] == 0 for counts in again.recap.values()), again.recap
