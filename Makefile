@@ -17,7 +17,7 @@ STAGE := $(CURDIR)/tests/tools/stage.sh
 # test hosts, Elixir to build the sample release, ssh to reach the hosts, haproxy for the
 # haproxy_slot unit tests (run as a plain process, never as the system service).
 APT_PACKAGES := python3-venv python3-pip systemd-container mmdebstrap openssh-client iproute2 \
-	util-linux elixir erlang-dev curl ca-certificates git make haproxy bc
+	util-linux elixir erlang-dev curl ca-certificates git make haproxy
 
 # Collections are looked up here: build/collections/ansible_collections/beamops/release -> repo.
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/build/collections
