@@ -12,12 +12,10 @@ their own name. The module under test is loaded from its file, as it runs on man
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -25,29 +23,21 @@ import urllib.request
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from tests.unit.standalone import load_standalone
+
 REPO = Path(__file__).resolve().parents[4]
 RUNTIME_FILE = REPO / "plugins" / "module_utils" / "haproxy_runtime.py"
-
-
-def _load_standalone(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("haproxy_runtime_standalone", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 if TYPE_CHECKING:
     from ansible_collections.beamops.release.plugins.module_utils import haproxy_runtime as hr
 else:
-    hr = _load_standalone(RUNTIME_FILE)
+    hr = load_standalone(RUNTIME_FILE)
 
 
 # --------------------------------------------------------------------------- captured output

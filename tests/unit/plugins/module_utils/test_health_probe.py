@@ -6,7 +6,6 @@ managed hosts it runs as a plain script, so the tests hold it to that.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import re
@@ -15,10 +14,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
+
+from tests.unit.standalone import load_standalone
 
 from ...conftest import Reply, ScriptedServer
 
@@ -28,22 +28,10 @@ PROBE_FILE = REPO / "plugins" / "module_utils" / "health_probe.py"
 DEADLINE_MARGIN = 0.25
 
 
-def _load_standalone(path: Path) -> ModuleType:
-    name = "health_probe_standalone"
-    if name in sys.modules:  # both test files use it; one copy keeps the classes identical
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
 if TYPE_CHECKING:
     from ansible_collections.beamops.release.plugins.module_utils import health_probe as hp
 else:
-    hp = _load_standalone(PROBE_FILE)
+    hp = load_standalone(PROBE_FILE)
 
 
 class FakeTime:

@@ -5,13 +5,11 @@ real competing processes.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import multiprocessing
 import os
 import shutil
-import sys
 from datetime import datetime, timedelta, timezone
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
@@ -20,22 +18,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[4]
-COLLECTIONS = REPO / "build" / "collections"
 
-
-def _expose_collection() -> None:
-    """The repo root IS the collection; Python finds it as ansible_collections.beamops.release
-    through build/collections (what `make collection` links)."""
-    link = COLLECTIONS / "ansible_collections" / "beamops" / "release"
-    if not link.exists():
-        link.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):  # another test process linked it first
-            link.symlink_to(REPO)
-    if str(COLLECTIONS) not in sys.path:
-        sys.path.insert(0, str(COLLECTIONS))
-
-
-_expose_collection()
 
 from ansible_collections.beamops.release.plugins.module_utils import (  # noqa: E402
     release_state as rs,

@@ -9,7 +9,6 @@ its file, so both test files use one copy of it.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,31 +16,17 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING, Any, Dict, List
+from typing import Any, Dict, List
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[4]
 MODULE_FILE = REPO / "plugins" / "modules" / "haproxy_slot.py"
 COLLECTIONS = REPO / "build" / "collections"
-HARNESS_FILE = REPO / "tests" / "unit" / "plugins" / "module_utils" / "test_haproxy_runtime.py"
 ANSIBLE = Path(sys.executable).parent / "ansible"
 
 
-def _load_harness(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("haproxy_lab_harness", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-if TYPE_CHECKING:
-    from tests.unit.plugins.module_utils import test_haproxy_runtime as harness
-else:
-    harness = _load_harness(HARNESS_FILE)
+from tests.unit.plugins.module_utils import test_haproxy_runtime as harness  # noqa: E402
 
 HAProxyLab = harness.HAProxyLab
 haproxy_lab = harness.haproxy_lab  # the fixture, by its name

@@ -19,13 +19,15 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
+from tests.unit.standalone import load_standalone
+
 from ...conftest import Reply, ScriptedServer
-from ..module_utils.test_health_probe import PROBE_FILE, _load_standalone, _oldest_python
+from ..module_utils.test_health_probe import PROBE_FILE, _oldest_python
 
 if TYPE_CHECKING:
     from ansible_collections.beamops.release.plugins.module_utils import health_probe as hp
 else:
-    hp = _load_standalone(PROBE_FILE)
+    hp = load_standalone(PROBE_FILE)
 
 REPO = Path(__file__).resolve().parents[4]
 MODULE_FILE = REPO / "plugins" / "modules" / "health_check.py"

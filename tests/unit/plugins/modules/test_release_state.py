@@ -5,7 +5,6 @@ and a rollback from registered results, the target-Python floor, and ansible-doc
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -24,20 +23,6 @@ MODULE = "beamops.release.release_state"
 # Oldest Python the module supports on managed hosts; tested when this machine has one.
 PYTHON38 = Path("/root/.pyenv/versions/3.8.18/bin/python3.8")
 
-
-def _expose_collection() -> None:
-    """The repo root IS the collection: ansible (and this file's import) find it as
-    ansible_collections.beamops.release through build/collections."""
-    link = COLLECTIONS / "ansible_collections" / "beamops" / "release"
-    if not link.exists():
-        link.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):  # another test process linked it first
-            link.symlink_to(REPO)
-    if str(COLLECTIONS) not in sys.path:
-        sys.path.insert(0, str(COLLECTIONS))
-
-
-_expose_collection()
 
 from ansible_collections.beamops.release.plugins.module_utils import (  # noqa: E402
     release_state as rs,
