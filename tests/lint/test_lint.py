@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -93,3 +94,25 @@ def test_collection_builds_and_installs(tmp_path: Path) -> None:
 def test_readme_variable_table_is_current() -> None:
     result = run([sys.executable, "docs/gen_variables.py", "--check"])
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("environment", ["staging", "production"])
+def test_example_inventories_decrypt_with_the_example_vault_password(environment: str) -> None:
+    """The example secrets are really vault-encrypted, and resolve to what the roles expect."""
+    vault = REPO / "inventories" / environment / "group_vars" / "beamops_app" / "vault.yml"
+    assert vault.read_text().startswith("$ANSIBLE_VAULT;1.1;AES256")
+    result = run(
+        [
+            str(BIN / "ansible-inventory"),
+            "-i",
+            f"inventories/{environment}",
+            "--host",
+            f"app1.{environment}.example.com",
+        ]
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    host_vars = json.loads(result.stdout)
+    assert len(host_vars["vault_release_cookie"]) >= 20
+    assert host_vars["vault_secret_key_base"].startswith(environment)
+    assert host_vars["beamops_release_cookie"] == "{{ vault_release_cookie }}"
+    assert host_vars["beamops_secret_env"]["SECRET_KEY_BASE"] == "{{ vault_secret_key_base }}"

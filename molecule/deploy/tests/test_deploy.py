@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -143,12 +144,105 @@ def test_rollback_to_picks_a_version(fleet: Fleet) -> None:
     assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
 
 
+def test_keeping_the_old_slot_warm_makes_rollback_a_switch(fleet: Fleet) -> None:
+    """beamops_keep_old_warm: the old slot keeps running, so rollback restarts nothing."""
+    run = fleet.deploy("0.1.0", "-e", "beamops_keep_old_warm=true")
+    assert run.rc == 0, run.tail()
+    warm_pids = {
+        n: h.check_output("systemctl show -p MainPID --value sample_app@green")
+        for n, h in fleet.hosts.items()
+    }
+    assert all(pid != "0" for pid in warm_pids.values()), "the old slot was stopped"
+    with fleet.under_load() as load:
+        settle()
+        back = fleet.playbook("rollback")
+        settle()
+    assert back.rc == 0, back.tail()
+    assert load.failed() == 0, load.results
+    assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
+    assert warm_pids == {
+        n: h.check_output("systemctl show -p MainPID --value sample_app@green")
+        for n, h in fleet.hosts.items()
+    }, "rollback restarted the warm slot"
+    print(f"warm rollback took {back.seconds}s")
+
+
 def test_rollback_to_an_unknown_version_is_refused(fleet: Fleet) -> None:
     before = fleet.state_bytes()
     run = fleet.playbook("rollback", "-e", "rollback_to=9.9.9")
     assert run.rc != 0
     assert "rollback_to=9.9.9 is not installed" in run.output, run.tail()
     assert fleet.state_bytes() == before
+
+
+def test_a_url_source_is_downloaded_once_verified_and_old_releases_pruned(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """http(s) sources: the controller downloads, checks the sha256, then installs; a wrong
+    checksum refuses the download. Pruning keeps the active, previous and last good releases."""
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "http.server",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            str(deploykit.RELEASES),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        port = re.search(r"port (\d+)", server.stdout.readline())
+        assert port, "http.server did not say its port"
+        url = f"http://127.0.0.1:{port.group(1)}/sample_app-0.3.0.tar.gz"
+        sha = (deploykit.RELEASES / "sample_app-0.3.0.tar.gz.sha256").read_text().split()[0]
+        cache = f"beamops_artifact_cache_dir={tmp_path}"
+        wrong = fleet.playbook(
+            "deploy",
+            "-e",
+            "beamops_release_version=0.3.0",
+            "-e",
+            f"beamops_release_src={url}",
+            "-e",
+            "beamops_release_sha256=" + "1" * 64,
+            "-e",
+            cache,
+        )
+        assert wrong.rc != 0
+        assert "beamops_release_src" in wrong.output and "No host was changed" in wrong.output
+        right = fleet.playbook(
+            "deploy",
+            "-e",
+            "beamops_release_version=0.3.0",
+            "-e",
+            f"beamops_release_src={url}",
+            "-e",
+            f"beamops_release_sha256={sha}",
+            "-e",
+            cache,
+            "-e",
+            "beamops_releases_keep=1",
+        )
+        assert right.rc == 0, right.tail()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert (tmp_path / "sample_app-0.3.0.tar.gz").exists()
+    assert fleet.served() == {name: "sample_app 0.3.0 on blue" for name in HOSTS}
+    for name, host in fleet.hosts.items():
+        state = fleet.state(name)
+        kept = set(host.check_output("ls /opt/sample_app/releases").split())
+        assert kept == set(state["releases"]), (kept, state["releases"])
+        # keep=1: the newest install (0.4.0) plus the active (0.3.0) and the previous and
+        # last good (0.2.0); 0.1.0 (bad, older, protected by nothing) goes.
+        assert kept == {"0.2.0", "0.3.0", "0.4.0"}, kept
+    # Back to 0.2.0 for the tests that follow.
+    back = fleet.playbook("rollback", "-e", "rollback_to=0.2.0")
+    assert back.rc == 0, back.tail()
 
 
 def test_checksum_mismatch_is_refused_before_any_host_changes(fleet: Fleet) -> None:
