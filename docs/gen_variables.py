@@ -34,8 +34,8 @@ ROLE_ORDER = [
     "traffic_switch",
     "bluegreen",
 ]
-# Set by the playbooks, not by users: left out of the table.
 MARKUP = re.compile(r"\b[COVI]\(([^)]*)\)")
+# Set by the playbooks, not by users: left out of the table.
 INTERNAL = {
     "beamops_target_slot",
     "beamops_proxy_slot",
@@ -44,6 +44,7 @@ INTERNAL = {
     "beamops_run_id",
     "beamops_guard_roles",
     "beamops_activation_event",
+    "beamops_activate_version",
 }
 
 

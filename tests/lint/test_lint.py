@@ -80,6 +80,7 @@ def test_collection_builds_and_installs(tmp_path: Path) -> None:
             "collection",
             "install",
             "--offline",
+            "--force",
             "-p",
             str(target),
             str(tarballs[0]),
@@ -87,8 +88,19 @@ def test_collection_builds_and_installs(tmp_path: Path) -> None:
     )
     assert installed.returncode == 0, installed.stdout + installed.stderr
     root = target / "ansible_collections" / "beamops" / "release"
-    assert (root / "galaxy.yml").exists() or (root / "MANIFEST.json").exists()
-    assert not (root / ".venv").exists(), "the venv must not be packaged"
+    assert (root / "MANIFEST.json").exists(), installed.stdout
+    for part in (
+        "plugins/modules/health_check.py",
+        "plugins/modules/release_state.py",
+        "plugins/modules/haproxy_slot.py",
+        "roles/bluegreen/tasks/main.yml",
+        "playbooks/deploy.yml",
+        "playbooks/rollback.yml",
+        "playbooks/status.yml",
+    ):
+        assert (root / part).exists(), f"{part} missing from the built collection"
+    for leftover in (".venv", "build", "tests/output"):
+        assert not (root / leftover).exists(), f"{leftover} must not be packaged"
 
 
 def test_readme_variable_table_is_current() -> None:
