@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[2]
 RELEASES = REPO / "build" / "releases"
@@ -68,10 +68,17 @@ def ansible_env(collections_path: Path = REPO / "build" / "collections") -> Dict
 
 
 def run_playbook(
-    inventories: Sequence[str], playbook: str, *args: str, timeout: float = 600
+    inventories: Sequence[str],
+    playbook: str,
+    *args: str,
+    timeout: float = 600,
+    collections_path: Optional[Path] = None,
 ) -> PlaybookRun:
-    """Run playbooks/<playbook>.yml (or any path) against the inventories."""
-    path = playbook if playbook.endswith(".yml") else str(REPO / "playbooks" / f"{playbook}.yml")
+    """Run playbooks/<playbook>.yml, a path, or an installed FQCN (beamops.release.deploy)."""
+    if playbook.endswith(".yml") or playbook.startswith("beamops.release."):
+        path = playbook
+    else:
+        path = str(REPO / "playbooks" / f"{playbook}.yml")
     cmd = [str(BIN / "ansible-playbook"), path]
     for inventory in inventories:
         cmd += ["-i", inventory]
@@ -79,7 +86,7 @@ def run_playbook(
     result = subprocess.run(
         [*cmd, *args],
         cwd=REPO,
-        env=ansible_env(),
+        env=ansible_env(collections_path or REPO / "build" / "collections"),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -377,7 +377,16 @@ def test_playbooks_run_from_the_installed_collection(fleet: Fleet, tmp_path: Pat
     tarball = next(tmp_path.glob("beamops-release-*.tar.gz"))
     installed = tmp_path / "collections"
     subprocess.run(
-        [galaxy, "collection", "install", "--offline", "-p", str(installed), str(tarball)],
+        [
+            galaxy,
+            "collection",
+            "install",
+            "--offline",
+            "--force",
+            "-p",
+            str(installed),
+            str(tarball),
+        ],
         env=env,
         check=True,
         capture_output=True,
