@@ -116,9 +116,14 @@ def main() -> int:
     for name, f in figures.items():
         print(f"{name:<24}{f['seconds']:>9}{f['requests']:>10}{f['failed']:>8}{f['retries']:>9}")
     ours, naive_d = figures["blue-green deploy"], figures["naive restart deploy"]
+    fewer = (
+        f"{ratio(naive_d['failed'], ours['failed'])} as many with the naive way"
+        if ours["failed"]
+        else "none with blue-green"
+    )
     print(
-        f"failed requests per deploy: naive {naive_d['failed']} vs blue-green {ours['failed']}"
-        f" ({ratio(naive_d['failed'], max(ours['failed'], 1))} more with the naive way)"
+        f"failed requests per deploy: naive {naive_d['failed']}, blue-green {ours['failed']}"
+        f" ({fewer})"
     )
     print(
         f"deploy wall time: blue-green {ours['seconds']}s vs naive {naive_d['seconds']}s "

@@ -71,7 +71,7 @@ def main() -> int:
             capture_output=True,
             text=True,
             check=False,
-        ).stdout
+        ).stdout.strip()
         r = results[name]
         print(f"{name} ({address}, {proxies.get(name, '?')}): serves {serving}")
         print(
