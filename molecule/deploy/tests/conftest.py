@@ -23,7 +23,7 @@ from ansible_collections.beamops.release.plugins.filter.systemd_env import (  # 
 
 from tests.tools import deploykit  # noqa: E402
 
-__all__ = ["HOSTS", "STATE_FILE", "Fleet", "deploykit", "systemd_env"]
+__all__ = ["HOSTS", "STATE_FILE", "Fleet", "address", "deploykit", "systemd_env"]
 from tests.tools.loadgen import Load  # noqa: E402
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]

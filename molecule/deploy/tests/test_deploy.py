@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import HOSTS, STATE_FILE, Fleet, deploykit, systemd_env
+from conftest import HOSTS, STATE_FILE, Fleet, address, deploykit, systemd_env
 
 SECRET_KEY_BASE = "demo-only-secret-key-base-not-for-production-0123456789abcdef"
 COOKIE = "demo-only-cookie-0123456789abcdef"
@@ -76,6 +76,37 @@ def test_redeploying_the_same_release_changes_and_restarts_nothing(fleet: Fleet)
         n: h.check_output("systemctl show -p MainPID --value sample_app@green")
         for n, h in fleet.hosts.items()
     }
+
+
+def test_a_config_change_goes_blue_green_and_a_bad_one_leaves_the_live_slot_alone(
+    fleet: Fleet,
+) -> None:
+    """Same release, new beamops_env: cut over to the idle slot. A configuration that fails
+    the gate leaves the live slot's files untouched and the release not marked bad."""
+    greeting = '{"beamops_env": {"SHUTDOWN_DRAIN_MS": "2000", "GREETING": "hello"}}'
+    run = fleet.deploy("0.2.0", "-e", greeting)
+    assert run.rc == 0, run.tail()
+    assert fleet.served() == {name: "sample_app 0.2.0 on blue" for name in HOSTS}
+    for host in fleet.hosts.values():
+        assert 'GREETING="hello"' in host.file("/etc/sample_app/blue.env").content_string
+    live_files = {
+        n: h.check_output("sha256sum /etc/sample_app/blue.env /etc/sample_app/blue.*.env")
+        for n, h in fleet.hosts.items()
+    }
+    bad = fleet.deploy(
+        "0.2.0", "-e", '{"beamops_env": {"FAIL_HEALTH": "1"}}', "-e", "beamops_start_timeout=8"
+    )
+    assert bad.rc != 0
+    assert fleet.served() == {name: "sample_app 0.2.0 on blue" for name in HOSTS}
+    assert live_files == {
+        n: h.check_output("sha256sum /etc/sample_app/blue.env /etc/sample_app/blue.*.env")
+        for n, h in fleet.hosts.items()
+    }, "the live slot's configuration was rewritten"
+    for name in HOSTS:
+        assert fleet.state(name)["releases"]["0.2.0"]["status"] == "good"
+    back = fleet.deploy("0.2.0")
+    assert back.rc == 0, back.tail()
+    assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
 
 
 def test_check_diff_shows_changes_but_no_secret(fleet: Fleet) -> None:
@@ -358,6 +389,31 @@ def test_a_failed_batch_rolls_back_the_batches_already_switched(
     assert fleet.state("bo1")["active"]["version"] == "0.2.0"
     assert fleet.state("bo1")["releases"]["0.3.0"]["status"] == "bad"
     assert load.failed() == 0, load.results
+
+
+def test_the_live_slot_comes_back_after_a_reboot(fleet: Fleet) -> None:
+    """The live slot's unit is enabled (the retired one disabled): a rebooted host serves the
+    same release from the same slot, with no deploy."""
+    host = fleet.hosts["bo1"]
+    before = fleet.served()["bo1"]
+    host.run("systemctl reboot")
+    deadline = time.monotonic() + 90
+    answer = ""
+    time.sleep(3)
+    while time.monotonic() < deadline:
+        probe = subprocess.run(
+            ["curl", "-s", "--max-time", "2", f"http://{address('bo1')}/"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        answer = probe.stdout.strip()
+        if probe.returncode == 0 and answer.startswith("sample_app"):
+            break
+        time.sleep(1)
+    assert answer == before, f"after a reboot bo1 answers {answer!r}, before it was {before!r}"
+    assert host.check_output("systemctl is-enabled sample_app@green") == "enabled"
+    assert host.run("systemctl is-enabled sample_app@blue").stdout.strip() == "disabled"
 
 
 def test_playbooks_run_from_the_installed_collection(fleet: Fleet, tmp_path: Path) -> None:
