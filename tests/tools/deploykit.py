@@ -38,6 +38,16 @@ class PlaybookRun:
             for m in RECAP.finditer(self.output)
         }
 
+    def changed_tasks(self) -> List[str]:
+        """The TASK headers under which a host reported `changed`: what a no-op run did."""
+        found, task = [], ""
+        for line in self.output.splitlines():
+            if line.startswith("TASK ["):
+                task = line.rstrip(" *")
+            elif line.startswith("changed:") and task:
+                found.append(f"{task} {line}")
+        return found
+
     def tail(self, lines: int = 60) -> str:
         return "\n".join(self.output.splitlines()[-lines:])
 

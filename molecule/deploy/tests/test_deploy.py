@@ -71,7 +71,7 @@ def test_redeploying_the_same_release_changes_and_restarts_nothing(fleet: Fleet)
     }
     run = fleet.deploy("0.2.0")
     assert run.rc == 0, run.tail()
-    assert all(counts["changed"] == 0 for counts in run.recap.values()), run.recap
+    assert all(counts["changed"] == 0 for counts in run.recap.values()), run.changed_tasks()
     assert pids == {
         n: h.check_output("systemctl show -p MainPID --value sample_app@green")
         for n, h in fleet.hosts.items()
@@ -459,4 +459,4 @@ def test_playbooks_run_from_the_installed_collection(fleet: Fleet, tmp_path: Pat
         collections_path=installed,
     )
     assert again.rc == 0, again.tail()
-    assert all(counts["changed"] == 0 for counts in again.recap.values()), again.recap
+    assert all(counts["changed"] == 0 for counts in again.recap.values()), again.changed_tasks()
