@@ -6,6 +6,7 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
@@ -30,6 +31,7 @@ INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 RUNNER = testinfra.utils.ansible_runner.AnsibleRunner(INVENTORY)
 HOSTS: List[str] = sorted(RUNNER.get_hosts("beamops_app"))
 STATE_FILE = "/opt/sample_app/release-state.json"
+SETTLE_SECONDS = 1.5
 
 
 def address(name: str) -> str:
@@ -100,9 +102,11 @@ class LoadedFleet:
     def __enter__(self) -> LoadedFleet:
         for load in self.loads.values():
             load.__enter__()
+        time.sleep(SETTLE_SECONDS)  # load is flowing before the operation starts
         return self
 
     def __exit__(self, *exc: object) -> None:
+        time.sleep(SETTLE_SECONDS)  # and still flowing for a moment after it ends
         self.results = {a: load.stop() for a, load in self.loads.items()}
         for a, result in self.results.items():
             print(f"load via {a}: {json.dumps(result)}")

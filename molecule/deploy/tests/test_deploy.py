@@ -19,10 +19,6 @@ SECRET_KEY_BASE = "demo-only-secret-key-base-not-for-production-0123456789abcdef
 COOKIE = "demo-only-cookie-0123456789abcdef"
 
 
-def settle() -> None:
-    time.sleep(1.5)
-
-
 def test_first_deploy_serves_0_1_0_through_both_proxies(fleet: Fleet) -> None:
     assert fleet.served() == {name: "sample_app 0.1.0 on blue" for name in HOSTS}
     for name in HOSTS:
@@ -49,9 +45,7 @@ def test_release_files_are_roots_and_secrets_are_root_only(fleet: Fleet) -> None
 
 def test_deploy_0_2_0_under_load_fails_no_request(fleet: Fleet) -> None:
     with fleet.under_load() as load:
-        settle()
         run = fleet.deploy("0.2.0")
-        settle()
     assert run.rc == 0, run.tail()
     assert load.failed() == 0, load.results
     assert load.requests() > 1000
@@ -128,11 +122,9 @@ def test_check_diff_shows_changes_but_no_secret(fleet: Fleet) -> None:
 
 def test_a_release_that_never_gets_ready_is_refused_and_marked_bad(fleet: Fleet) -> None:
     with fleet.under_load() as load:
-        settle()
         run = fleet.deploy(
             "0.3.0", "-e", '{"beamops_env": {"FAIL_HEALTH": "1"}}', "-e", "beamops_start_timeout=10"
         )
-        settle()
     assert run.rc != 0
     for name in HOSTS:
         assert re.search(
@@ -159,9 +151,7 @@ def test_a_release_that_breaks_after_the_switch_is_switched_back(fleet: Fleet) -
 
 def test_rollback_goes_to_the_previous_good_release_under_load(fleet: Fleet) -> None:
     with fleet.under_load() as load:
-        settle()
         run = fleet.playbook("rollback")
-        settle()
     assert run.rc == 0, run.tail()
     assert load.failed() == 0, load.results
     assert fleet.served() == {name: "sample_app 0.1.0 on blue" for name in HOSTS}
@@ -185,9 +175,7 @@ def test_keeping_the_old_slot_warm_makes_rollback_a_switch(fleet: Fleet) -> None
     }
     assert all(pid != "0" for pid in warm_pids.values()), "the old slot was stopped"
     with fleet.under_load() as load:
-        settle()
         back = fleet.playbook("rollback")
-        settle()
     assert back.rc == 0, back.tail()
     assert load.failed() == 0, load.results
     assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
@@ -370,7 +358,6 @@ def test_a_failed_batch_rolls_back_the_batches_already_switched(
     breaks_bo2 = tmp_path / "breaks_bo2.yml"
     breaks_bo2.write_text("all:\n  hosts:\n    bo2:\n      beamops_env: {FAIL_HEALTH: '1'}\n")
     with fleet.under_load() as load:
-        settle()
         run = fleet.deploy(
             "0.3.0",
             "-e",
@@ -379,7 +366,6 @@ def test_a_failed_batch_rolls_back_the_batches_already_switched(
             "beamops_start_timeout=8",
             inventories=[*fleet.inventories, str(breaks_bo2)],
         )
-        settle()
     assert run.rc != 0
     assert "bo2: slot blue (release 0.3.0) did not become ready" in run.output, run.tail()
     assert re.search(
