@@ -15,14 +15,14 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Tuple
 
 import pytest
 
 from tests.unit.standalone import load_standalone
 
 from ...conftest import Reply, ScriptedServer
-from ..module_utils.test_health_probe import PROBE_FILE, _oldest_python
+from ..module_utils.test_health_probe import PROBE_FILE, _interpreters
 
 if TYPE_CHECKING:
     from ansible_collections.beamops.release.plugins.module_utils import health_probe as hp
@@ -113,15 +113,6 @@ def ansible(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AnsibleRun]:
         ANSIBLE_FORCE_COLOR="0",
     )
     yield AnsibleRun(env)
-
-
-def _interpreters() -> List[Any]:
-    oldest = _oldest_python()
-    marks = [] if oldest else [pytest.mark.skip(reason="no working python3.8 on this machine")]
-    return [
-        pytest.param(sys.executable, id="venv"),
-        pytest.param(oldest or "python3.8", id="python3.8", marks=marks),
-    ]
 
 
 @pytest.mark.parametrize("interpreter", _interpreters())
