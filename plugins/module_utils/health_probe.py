@@ -45,6 +45,11 @@ NOT_PROBED = "not probed before the deadline"
 REASON_HEALTHY = "healthy"
 REASON_FAILURE_THRESHOLD = "failure_threshold"
 REASON_DEADLINE = "deadline"
+REASON_EXITED = "process_exited"
+
+# Every line the command prints starts with this, so a unit's journal tells the gate's
+# words from the release's.
+GATE_PREFIX = "readiness gate:"
 
 EXIT_HEALTHY = 0
 EXIT_UNHEALTHY = 1
@@ -53,6 +58,8 @@ EXIT_USAGE = 2
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
 Uniform = Callable[[float, float], float]
+# Returns why the watched process is gone, or None while it runs.
+Alive = Callable[[], Optional[str]]
 
 
 @dataclasses.dataclass
@@ -95,6 +102,8 @@ class ProbeResult:
     elapsed: float
     reason: str
     answers: List[UrlAnswer]
+    # Why the watched process is gone, when that ended the probe.
+    exited: str = ""
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -438,8 +447,10 @@ def run_probe(
     clock: Clock = time.monotonic,
     sleep: Sleep = time.sleep,
     uniform: Uniform = random.uniform,
+    alive: Optional[Alive] = None,
 ) -> ProbeResult:
-    """Probe until healthy, the failure threshold, or the deadline; never raises for HTTP.
+    """Probe until healthy, the failure threshold, the deadline, or (with `alive`) the end of
+    the process that should answer; never raises for HTTP.
 
     Raises ValueError for an invalid config: with no URL, for instance, every attempt would
     pass vacuously.
@@ -452,6 +463,7 @@ def run_probe(
     answers = {url: UrlAnswer(url=url, error=NOT_PROBED) for url in config.urls}
     attempts = successes = failures = 0
     reason = REASON_DEADLINE
+    exited = ""
 
     if config.initial_delay > 0:
         sleep(min(config.initial_delay, max(deadline_at - clock(), 0.0)))
@@ -465,6 +477,12 @@ def run_probe(
             break
         if config.failure_threshold and failures >= config.failure_threshold:
             reason = REASON_FAILURE_THRESHOLD
+            break
+        gone = alive() if alive else None
+        if gone:
+            # Probing a port nobody will ever open again until the deadline helps no one.
+            reason = REASON_EXITED
+            exited = gone
             break
         left = deadline_at - clock()
         if left <= 0:
@@ -480,7 +498,20 @@ def run_probe(
         elapsed=round(clock() - started, 3),
         reason=reason,
         answers=[answers[url] for url in config.urls],
+        exited=exited,
     )
+
+
+def process_gone(pid: int) -> Optional[str]:
+    """None while `pid` runs; else why not. A zombie has exited too, only not been reaped."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            fields = handle.read().rsplit(")", 1)[-1].split()
+    except OSError:
+        return f"process {pid} exited"
+    if fields and fields[0] in ("Z", "X"):
+        return f"process {pid} exited"
+    return None
 
 
 # --------------------------------------------------------------------------- reporting
@@ -511,7 +542,7 @@ def failure_message(result: ProbeResult, config: ProbeConfig) -> str:
     attempts = "attempt" if result.attempts == 1 else "attempts"
     head = (
         f"{subject} not healthy after {result.attempts} {attempts} "
-        f"in {result.elapsed:.1f}s ({result.reason})"
+        f"in {result.elapsed:.1f}s ({result.exited or result.reason})"
     )
     if config.success_threshold > 1:
         head += (
@@ -625,6 +656,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="accept any TLS certificate (self-signed endpoints)",
     )
+    add(
+        "--pid",
+        type=int,
+        default=0,
+        help="stop as soon as this process exits (systemd's $MAINPID in ExecStartPost=)",
+    )
     add("--verbose", action="store_true", help="also print one line when healthy")
     return parser
 
@@ -654,12 +691,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     errors = validate_config(config, CLI_NAMES)
     if errors:
         parser.error("; ".join(errors))  # exits with EXIT_USAGE
-    result = run_probe(config)
+    pid: int = args.pid
+    result = run_probe(config, alive=(lambda: process_gone(pid)) if pid > 0 else None)
     if result.passed:
         if args.verbose:
-            print(success_message(result), flush=True)
+            print(f"{GATE_PREFIX} {success_message(result)}", flush=True)
         return EXIT_HEALTHY
-    print(failure_message(result, config), file=sys.stderr, flush=True)
+    print(f"{GATE_PREFIX} {failure_message(result, config)}", file=sys.stderr, flush=True)
     return EXIT_UNHEALTHY
 
 
