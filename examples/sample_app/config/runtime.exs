@@ -97,6 +97,14 @@ config :sample_app,
   ready_delay_ms: integer_env.("READY_DELAY_MS", 0, 0, max_ms),
   fail_health: boolean_env.("FAIL_HEALTH"),
   fail_after_ms: integer_env.("FAIL_AFTER_MS", nil, 0, max_ms),
+  fail_kind:
+    (case System.get_env("FAIL_KIND", "all") do
+       kind when kind in ["all", "readiness", "http_500"] ->
+         String.to_atom(kind)
+
+       other ->
+         fatal.("FAIL_KIND must be all, readiness or http_500, got #{inspect(other)}")
+     end),
   cluster_nodes: cluster_nodes,
   shutdown_drain_ms: integer_env.("SHUTDOWN_DRAIN_MS", 0, 0, max_ms),
   idle_timeout_ms: integer_env.("HTTP_IDLE_TIMEOUT_MS", 15_000, 100, max_ms)

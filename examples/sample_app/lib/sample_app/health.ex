@@ -21,6 +21,7 @@ defmodule SampleApp.Health do
       ready_delay_ms: Keyword.fetch!(config, :ready_delay_ms),
       fail_health: Keyword.fetch!(config, :fail_health),
       fail_after_ms: Keyword.fetch!(config, :fail_after_ms),
+      fail_kind: Keyword.get(config, :fail_kind, :all),
       draining: :atomics.new(1, [])
     })
   end
@@ -43,12 +44,21 @@ defmodule SampleApp.Health do
   @spec draining?() :: boolean()
   def draining?, do: :atomics.get(state().draining, 1) == 1
 
-  @doc "True once FAIL_AFTER_MS has elapsed since readiness: the release 'broke' after a switch."
-  @spec broken?() :: boolean()
-  def broken? do
-    %{fail_after_ms: fail_after_ms} = state = state()
-    fail_after_ms != nil and now_ms() >= ready_at_ms(state) + fail_after_ms
+  @doc """
+  True once FAIL_AFTER_MS has elapsed since readiness: the release 'broke' after a switch.
+  FAIL_KIND says what breaks: `all` (readiness and real requests), `readiness` (only the
+  readiness answer), `http_500` (real requests answer 500 while readiness still says ready).
+  """
+  @spec broken?(:readiness | :requests) :: boolean()
+  def broken?(what) do
+    %{fail_after_ms: fail_after_ms, fail_kind: kind} = state = state()
+
+    fail_after_ms != nil and now_ms() >= ready_at_ms(state) + fail_after_ms and
+      kind in affected_by(what)
   end
+
+  defp affected_by(:readiness), do: [:all, :readiness]
+  defp affected_by(:requests), do: [:all, :http_500]
 
   @spec status() :: status()
   def status do
@@ -58,7 +68,7 @@ defmodule SampleApp.Health do
       draining?() -> :draining
       state.fail_health -> :failing
       now_ms() < ready_at_ms(state) -> :starting
-      broken?() -> :failing
+      broken?(:readiness) -> :failing
       true -> :ready
     end
   end

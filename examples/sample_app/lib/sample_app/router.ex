@@ -24,7 +24,7 @@ defmodule SampleApp.Router do
   def route(_method, path), do: get(path)
 
   defp get("/") do
-    if Health.broken?() do
+    if Health.broken?(:requests) do
       response(500, @text, "sample_app #{Health.version()} on #{Health.slot()}: failing\n", "/")
     else
       response(200, @text, "sample_app #{Health.version()} on #{Health.slot()}\n", "/")
