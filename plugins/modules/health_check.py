@@ -319,6 +319,7 @@ def main() -> None:
 
     result = run_probe(config)
     fields = result.to_dict()
+    fields.pop("exited")  # the module watches no process (only the unit's gate does)
     if not result.passed:
         module.fail_json(msg=failure_message(result, config), changed=False, probed=True, **fields)
     module.exit_json(msg=success_message(result), changed=False, probed=True, **fields)

@@ -24,7 +24,7 @@ from ansible_collections.beamops.release.plugins.filter.systemd_env import (  # 
 
 from tests.tools import deploykit  # noqa: E402
 
-__all__ = ["HOSTS", "STATE_FILE", "Fleet", "address", "deploykit", "systemd_env"]
+__all__ = ["HOSTS", "STATE_FILE", "Fleet", "LoadedFleet", "address", "deploykit", "systemd_env"]
 from tests.tools.loadgen import Load  # noqa: E402
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
@@ -78,15 +78,24 @@ class Fleet:
         host = self.hosts[name]
         upstream = host.file("/etc/nginx/conf.d/sample_app.upstream")
         if upstream.exists:
+            # The first server line is the primary; a second one is the `backup` fallback.
             port = re.search(r"server 127\.0\.0\.1:(\d+)", upstream.content_string)
             return {"4001": "blue", "4002": "green"}[port.group(1) if port else ""]
-        enabled = re.findall(
-            r"^\s*server (blue|green) (?!.*disabled).*$",
-            host.file("/etc/haproxy/haproxy.cfg").content_string,
-            re.MULTILINE,
+        live = host.file("/etc/haproxy/sample_app-live.map").content_string.split()
+        assert live[0] == "live", live
+        runtime = host.check_output(
+            "echo 'show map /etc/haproxy/sample_app-live.map' | socat - /run/haproxy/admin.sock"
         )
-        assert len(enabled) == 1, enabled
-        return str(enabled[0])
+        assert runtime.split()[-1] == live[1], (runtime, live)
+        return str(live[1].rsplit("_", 1)[1])
+
+    def wait_stopped(self, unit: str, seconds: float = 30.0) -> None:
+        """The old slot retires in the background (drain, then a systemd timer stops it)."""
+        deadline = time.monotonic() + seconds
+        for name, host in self.hosts.items():
+            while host.service(unit).is_running:
+                assert time.monotonic() < deadline, f"{name}: {unit} still running"
+                time.sleep(0.5)
 
     def under_load(self) -> LoadedFleet:
         return LoadedFleet([address(name) for name in HOSTS])

@@ -7,13 +7,15 @@ Each test leaves the fleet in the state the next one expects; they are meant to 
 from __future__ import annotations
 
 import base64
+import json
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Tuple
 
-from conftest import HOSTS, STATE_FILE, Fleet, address, deploykit, systemd_env
+from conftest import HOSTS, STATE_FILE, Fleet, LoadedFleet, address, deploykit, systemd_env
 
 SECRET_KEY_BASE = "demo-only-secret-key-base-not-for-production-0123456789abcdef"
 COOKIE = "demo-only-cookie-0123456789abcdef"
@@ -50,8 +52,9 @@ def test_deploy_0_2_0_under_load_fails_no_request(fleet: Fleet) -> None:
     assert load.failed() == 0, load.results
     assert load.requests() > 1000
     assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
+    fleet.wait_stopped("sample_app@blue")
     for name, host in fleet.hosts.items():
-        assert not host.service("sample_app@blue").is_running
+        assert host.run("systemctl is-enabled sample_app@blue").stdout.strip() == "disabled"
         assert fleet.proxy_config_slot(name) == "green"
     for result in load.results.values():
         answers = result["answers"]
@@ -129,7 +132,7 @@ def test_a_release_that_never_gets_ready_is_refused_and_marked_bad(fleet: Fleet)
     for name in HOSTS:
         assert re.search(
             rf"{name}: slot blue \(release 0\.3\.0\) did not become ready at "
-            r"http://127\.0\.0\.1:4001/health/ready.*Last answer:.*503.*failing",
+            r"http://127\.0\.0\.1:4001/health/ready.*last answer 503.*failing",
             run.output,
             re.DOTALL,
         ), run.tail()
@@ -138,15 +141,68 @@ def test_a_release_that_never_gets_ready_is_refused_and_marked_bad(fleet: Fleet)
     assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
 
 
-def test_a_release_that_breaks_after_the_switch_is_switched_back(fleet: Fleet) -> None:
-    run = fleet.deploy("0.4.0", "-e", '{"beamops_env": {"FAIL_AFTER_MS": "1500"}}')
+def test_a_release_that_exits_at_boot_fails_its_gate_at_once_with_its_own_words(
+    fleet: Fleet,
+) -> None:
+    """The gate watches the VM: no probing a dead port until the deadline."""
+    run = fleet.deploy("0.3.0", "-e", '{"beamops_env": {"FAIL_KIND": "bogus"}}')
     assert run.rc != 0
-    assert "failed after the switch" in run.output and "switched back to slot green" in run.output
+    for name in HOSTS:
+        found = re.search(
+            rf"{name}: slot blue \(release 0\.3\.0\) did not become ready.*?"
+            r"in (\d+\.\d)s \(process \d+ exited\).*?the release's last lines: "
+            r"FATAL: FAIL_KIND must be all, readiness or http_500",
+            run.output,
+            re.DOTALL,
+        )
+        assert found, run.tail()
+        assert float(found.group(1)) <= 2.0, found.group(0)
+    assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
+
+
+# Watch settings of the after-switch tests: a tick every 0.5 s, 2 failing ticks switch back.
+WATCH = ["-e", "beamops_watch_seconds=8", "-e", "beamops_watch_interval=0.5"]
+
+
+def after_switch_failure(fleet: Fleet, kind: str) -> Tuple[deploykit.PlaybookRun, LoadedFleet]:
+    breaks = {"beamops_env": {"FAIL_AFTER_MS": "2500", "FAIL_KIND": kind}}
+    with fleet.under_load() as load:
+        run = fleet.deploy("0.4.0", "-e", json.dumps(breaks), *WATCH)
+    assert run.rc != 0
     assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
     for name in HOSTS:
+        back = re.search(
+            rf"{name}: slot blue \(release 0\.4\.0\) failed after the switch \(watch\): "
+            r".*?traffic switched back to slot green \(0\.2\.0\) (\d+) ms after",
+            run.output,
+            re.DOTALL,
+        )
+        assert back, run.tail()
+        assert int(back.group(1)) <= 1000, back.group(0)
         state = fleet.state(name)
         assert state["releases"]["0.4.0"]["status"] == "bad"
         assert state["active"]["version"] == "0.2.0"
+        assert fleet.proxy_config_slot(name) == "green"
+    return run, load
+
+
+def test_a_release_whose_readiness_fails_after_the_switch_costs_no_request(
+    fleet: Fleet,
+) -> None:
+    """nginx keeps the old slot as `backup`, HAProxy as the backup server of the new slot's
+    backend; the watch on the host switches back within a second of its verdict."""
+    _, load = after_switch_failure(fleet, "readiness")
+    assert load.failed() == 0, load.results
+
+
+def test_a_release_answering_500_is_switched_back_as_fast(fleet: Fleet) -> None:
+    """Real requests answered 500 (readiness still ready) are seen through the proxy: nginx's
+    access log, HAProxy's counters. Clients see 500s for at most failure_threshold x
+    interval (2 x 0.5 s here) plus the switch; at 100 req/s per host that bounds the count."""
+    run, load = after_switch_failure(fleet, "http_500")
+    assert "requests through the proxy answered 5xx" in run.output
+    for result in load.results.values():
+        assert result["failed"] <= 100 * (2 * 0.5 + 0.5), result
 
 
 def test_rollback_goes_to_the_previous_good_release_under_load(fleet: Fleet) -> None:

@@ -7,6 +7,7 @@ managed hosts it runs as a plain script, so the tests hold it to that.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
@@ -522,7 +523,8 @@ def test_main_in_process(http_server: ScriptedServer, capsys: pytest.CaptureFixt
     assert capsys.readouterr() == ("", "")
     assert hp.main(["--url", bad, "--failure-threshold", "2", "--interval", "0.01"]) == 1
     assert capsys.readouterr().err == (
-        f"{bad} not healthy after 2 attempts in 0.0s (failure_threshold): last answer 500 boom\n"
+        f"readiness gate: {bad} not healthy after 2 attempts in 0.0s (failure_threshold): "
+        "last answer 500 boom\n"
     )
     assert http_server.requests_to("/ok")[0].headers["X-A"] == "1"
 
@@ -577,7 +579,8 @@ def test_cli_exit_codes_and_one_line_message(
     assert (healthy.returncode, healthy.stdout, healthy.stderr) == (0, "", "")
     assert unhealthy.returncode == 1
     assert re.fullmatch(
-        re.escape(starting)
+        "readiness gate: "
+        + re.escape(starting)
         + r" not healthy after \d+ attempts in 0\.[5-7]s \(deadline\): "
         + re.escape('last answer 503 {"status":"starting"}')
         + "\n",
@@ -585,7 +588,7 @@ def test_cli_exit_codes_and_one_line_message(
     ), unhealthy.stderr
     assert no_server.returncode == 1
     assert no_server.stderr == (
-        f"{refused} not healthy after 3 attempts in 0.1s (failure_threshold): "
+        f"readiness gate: {refused} not healthy after 3 attempts in 0.1s (failure_threshold): "
         "last error: connection refused\n"
     )
 
@@ -600,3 +603,32 @@ def test_cli_usage_errors_name_the_flag() -> None:
 def test_run_probe_refuses_an_invalid_config() -> None:
     with pytest.raises(ValueError, match=r"^invalid probe config: urls must be a non-empty list"):
         hp.run_probe(hp.ProbeConfig(urls=[]))
+
+
+def test_a_watched_process_that_exits_ends_the_probe_at_once(closed_port: int) -> None:
+    """The unit's gate passes --pid $MAINPID: a VM that died is not probed until the deadline."""
+    config = hp.ProbeConfig(urls=[f"http://127.0.0.1:{closed_port}/"], interval=0.05, deadline=30)
+    gone = iter([None, None, "process 42 exited"])
+    started = time.monotonic()
+    result = hp.run_probe(config, alive=lambda: next(gone))
+    assert not result.passed and result.reason == hp.REASON_EXITED
+    assert result.attempts == 3 and time.monotonic() - started < 2
+    assert "(process 42 exited)" in hp.failure_message(result, config)
+
+
+def test_process_gone_tells_a_running_process_from_an_exited_one() -> None:
+    assert hp.process_gone(os.getpid()) is None
+    child = subprocess.Popen(["true"])
+    child.wait()
+    assert hp.process_gone(child.pid) == f"process {child.pid} exited"
+
+
+def test_the_command_line_prefixes_its_verdict_for_the_journal(
+    closed_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    url = f"http://127.0.0.1:{closed_port}/"
+    assert hp.main(["--url", url, "--deadline", "20", "--pid", str(child.pid)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("readiness gate: ") and f"process {child.pid} exited" in err

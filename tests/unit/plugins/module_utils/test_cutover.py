@@ -1,0 +1,403 @@
+"""The on-host cutover: real HTTP servers stand in for the slots and the proxy, a recording
+command runner for systemctl/journalctl, a recording proxy for the switch. The real thing
+(systemd, nginx, HAProxy, the Elixir release) is proven by the molecule deploy scenario."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import pytest
+from ansible_collections.beamops.release.plugins.module_utils import (
+    cutover as co,
+)
+from ansible_collections.beamops.release.plugins.module_utils import (
+    release_state as rs,
+)
+
+from tests.unit.conftest import ScriptedServer, start_server, stop_server
+
+READY = (200, '{"status": "ready", "slot": "blue"}')
+
+
+class Commands:
+    """Records every command; answers from rules (first argv words -> rc, stdout)."""
+
+    def __init__(self, rules: Optional[Dict[Tuple[str, ...], Tuple[int, str]]] = None) -> None:
+        self.rules = rules or {}
+        self.seen: List[List[str]] = []
+
+    def __call__(self, argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        self.seen.append(list(argv))
+        for prefix, (rc, out) in self.rules.items():
+            if tuple(argv[: len(prefix)]) == prefix:
+                return subprocess.CompletedProcess(list(argv), rc, out, "")
+        return subprocess.CompletedProcess(list(argv), 0, "", "")
+
+    def ran(self, *prefix: str) -> bool:
+        return any(tuple(c[: len(prefix)]) == prefix for c in self.seen)
+
+
+class RecordingProxy(co.Proxy):
+    name = "fakeproxy"
+
+    def __init__(self, settings: co.Settings, traffic: Optional[List[co.Traffic]] = None) -> None:
+        super().__init__(settings, co.run_command)
+        self.routes: List[Tuple[str, Optional[str], float]] = []
+        self.traffic = traffic or []
+        self.fail_route = False
+
+    def live_slot(self) -> Optional[str]:
+        return self.routes[-1][0] if self.routes else None
+
+    def route(self, primary: str, fallback: Optional[str]) -> None:
+        if self.fail_route:
+            raise co.CutoverError("proxy said no")
+        self.routes.append((primary, fallback, time.monotonic()))
+
+    def start_observing(self, slot: str) -> None:
+        self.observing = slot
+
+    def sample(self) -> co.Traffic:
+        return self.traffic.pop(0) if self.traffic else co.Traffic(responses=5)
+
+
+@pytest.fixture
+def slots() -> Dict[str, ScriptedServer]:
+    servers = {name: start_server() for name in ("blue", "green", "proxy")}
+    yield {name: pair[0] for name, pair in servers.items()}  # type: ignore[misc]
+    for scripted, httpd in servers.values():
+        stop_server(scripted, httpd)
+
+
+def make_settings(tmp_path: Path, slots: Dict[str, ScriptedServer]) -> co.Settings:
+    base = tmp_path / "opt"
+    for version in ("0.1.0", "0.2.0"):
+        (base / "releases" / version).mkdir(parents=True)
+        rs.execute(
+            rs.Request(
+                action="register",
+                path=str(base / "release-state.json"),
+                version=version,
+                sha256=version.replace(".", "") * 16 + "0" * 16,
+            )
+        )
+    (tmp_path / "etc").mkdir()
+    return co.Settings(
+        app="demo",
+        base_dir=str(base),
+        state_path=str(base / "release-state.json"),
+        config_dir=str(tmp_path / "etc"),
+        slot_ports={"blue": slots["blue"].port, "green": slots["green"].port},
+        proxy="nginx",
+        proxy_port=slots["proxy"].port,
+        nginx_upstream_file=str(tmp_path / "up"),
+        nginx_access_log=str(tmp_path / "log"),
+        watch_seconds=0.3,
+        watch_interval=0.05,
+        watch_failure_threshold=2,
+        probe_timeout=1.0,
+        drain_seconds=2.0,
+    )
+
+
+def cutover(
+    settings: co.Settings, commands: Commands, proxy: RecordingProxy, **request: object
+) -> co.Cutover:
+    fields: Dict[str, object] = {
+        "slot": "blue",
+        "version": "0.2.0",
+        "from_slot": "green",
+        "from_version": "0.1.0",
+        "host": "bo1",
+    }
+    fields.update(request)
+    return co.Cutover(settings, co.Request(**fields), run=commands, proxy=proxy)  # type: ignore[arg-type]
+
+
+def state(settings: co.Settings) -> rs.State:
+    return rs.read_state(settings.state_path)[0]
+
+
+def test_a_good_release_is_started_switched_watched_recorded_and_the_old_slot_retired(
+    tmp_path: Path, slots: Dict[str, ScriptedServer]
+) -> None:
+    settings = make_settings(tmp_path, slots)
+    slots["blue"].script("/health/ready", [READY])
+    commands = Commands({("systemctl", "is-active"): (3, "inactive\n")})
+    proxy = RecordingProxy(settings)
+    out = cutover(settings, commands, proxy).execute()
+    assert (out.result, out.stage, out.started) == ("ok", "done", "started"), out.msg
+    assert os.readlink(Path(settings.base_dir) / "slots" / "blue").endswith("releases/0.2.0")
+    assert commands.ran("systemctl", "enable", "--quiet", "demo@blue.service")
+    assert commands.ran("systemctl", "start", "demo@blue.service")
+    assert [(p, f) for p, f, _ in proxy.routes] == [("blue", "green")]
+    after = state(settings)
+    assert (after["active"]["slot"], after["active"]["version"]) == ("blue", "0.2.0")
+    assert after["releases"]["0.2.0"]["status"] == "good"
+    # Retired in the background: disabled now, stopped by a timer after the drain.
+    assert commands.ran("systemctl", "disable", "--quiet", "demo@green.service")
+    timer = next(c for c in commands.seen if c[0] == "systemd-run")
+    assert "--on-active=2s" in timer and timer[-3:] == ["systemctl", "stop", "demo@green.service"]
+    assert not commands.ran("systemctl", "stop", "demo@green.service")
+    assert set(out.timings) == {"drain_wait", "start", "switch", "watch", "record", "retire"}
+    assert out.timings["watch"] >= settings.watch_seconds
+
+
+def test_a_slot_that_fails_its_gate_is_stopped_with_the_release_s_own_words(
+    tmp_path: Path, slots: Dict[str, ScriptedServer]
+) -> None:
+    settings = make_settings(tmp_path, slots)
+    journal = "\n".join(
+        json.dumps(entry)
+        for entry in (
+            {"_PID": "1", "MESSAGE": "Starting demo@blue.service"},
+            {"_PID": "77", "MESSAGE": "FATAL: SECRET_KEY_BASE is missing"},
+            {"_PID": "1", "MESSAGE": "demo@blue.service: Main process exited"},
+            {"_PID": "78", "MESSAGE": "readiness gate: http://x not healthy (process 77 exited)"},
+        )
+    )
+    commands = Commands(
+        {
+            ("systemctl", "is-active"): (3, ""),
+            ("systemctl", "start"): (1, ""),
+            ("journalctl",): (0, journal),
+        }
+    )
+    proxy = RecordingProxy(settings)
+    out = cutover(settings, commands, proxy).execute()
+    assert (out.result, out.stage) == ("failed", "start")
+    assert out.release_log == ["FATAL: SECRET_KEY_BASE is missing"]
+    assert "not healthy (process 77 exited)" in out.msg
+    assert "the release's last lines: FATAL: SECRET_KEY_BASE is missing" in out.msg
+    assert "Traffic never left slot green (0.1.0)" in out.msg
+    assert proxy.routes == []
+    assert commands.ran("systemctl", "stop", "demo@blue.service")
+    assert state(settings)["releases"]["0.2.0"]["status"] == "bad"
+    assert state(settings)["active"] is None
+
+
+@pytest.mark.parametrize(
+    ("ready", "traffic", "problem"),
+    [
+        ((503, '{"status": "failing"}'), [], "last answer 503"),
+        (READY, [co.Traffic(10, 9)] * 10, "9 of 10 requests through the proxy answered 5xx"),
+        (READY, [co.Traffic(down="check took it out")] * 10, "check took it out"),
+    ],
+    ids=["readiness", "http_500", "proxy-check"],
+)
+def test_a_failure_after_the_switch_switches_back_within_the_threshold(
+    tmp_path: Path,
+    slots: Dict[str, ScriptedServer],
+    ready: Tuple[int, str],
+    traffic: List[co.Traffic],
+    problem: str,
+) -> None:
+    settings = make_settings(tmp_path, slots)
+    slots["blue"].script("/health/ready", [READY, READY, ready])
+    proxy = RecordingProxy(settings, list(traffic))
+    commands = Commands({("systemctl", "is-active"): (3, "")})
+    out = cutover(settings, commands, proxy).execute()
+    assert (out.result, out.stage, out.switched_back) == ("failed", "watch", True), out.msg
+    assert [(p, f) for p, f, _ in proxy.routes] == [("blue", "green"), ("green", None)]
+    assert problem in out.msg and "traffic switched back to slot green (0.1.0)" in out.msg
+    assert out.switch_back_ms is not None and out.switch_back_ms < 100
+    threshold = settings.watch_failure_threshold * settings.watch_interval
+    assert out.detect_seconds is not None and out.detect_seconds <= threshold + 0.2
+    assert commands.ran("systemctl", "stop", "demo@blue.service")
+    assert state(settings)["releases"]["0.2.0"]["status"] == "bad"
+
+
+def test_a_warm_slot_already_running_the_release_is_only_probed(
+    tmp_path: Path, slots: Dict[str, ScriptedServer]
+) -> None:
+    settings = make_settings(tmp_path, slots)
+    (Path(settings.base_dir) / "slots").mkdir()
+    os.symlink(
+        Path(settings.base_dir) / "releases" / "0.2.0", Path(settings.base_dir) / "slots" / "blue"
+    )
+    slots["blue"].script("/health/ready", [READY])
+    commands = Commands()
+    out = cutover(settings, commands, RecordingProxy(settings), event="rollback").execute()
+    assert (out.result, out.started) == ("ok", "already running"), out.msg
+    assert not commands.ran("systemctl", "start") and not commands.ran("systemctl", "restart")
+    assert [h["event"] for h in state(settings)["history"]][-2:] == ["rollback", "mark"]
+
+
+def test_a_changed_configuration_restarts_a_running_slot(
+    tmp_path: Path, slots: Dict[str, ScriptedServer]
+) -> None:
+    settings = make_settings(tmp_path, slots)
+    slots["blue"].script("/health/ready", [READY])
+    commands = Commands()
+    out = cutover(settings, commands, RecordingProxy(settings), restart=True).execute()
+    assert out.started == "restarted" and commands.ran("systemctl", "restart", "demo@blue.service")
+
+
+def test_check_mode_runs_nothing(tmp_path: Path, slots: Dict[str, ScriptedServer]) -> None:
+    settings = make_settings(tmp_path, slots)
+    commands, proxy = Commands(), RecordingProxy(settings)
+    out = cutover(settings, commands, proxy, version="9.9.9").execute(check_mode=True)
+    assert out.changed and "would be started" in out.msg
+    assert commands.seen == [] and proxy.routes == []
+    assert not (Path(settings.base_dir) / "slots").exists()
+
+
+def test_a_release_that_is_not_installed_is_refused(
+    tmp_path: Path, slots: Dict[str, ScriptedServer]
+) -> None:
+    settings = make_settings(tmp_path, slots)
+    with pytest.raises(co.CutoverError, match=r"release 9\.9\.9 is not installed"):
+        cutover(settings, Commands(), RecordingProxy(settings), version="9.9.9").execute()
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"slot": "red"}, "slot must be blue or green"),
+        ({"from_slot": "blue"}, "both blue"),
+        ({"event": "oops"}, "event must be one of deploy, rollback"),
+    ],
+)
+def test_bad_requests_are_named(
+    tmp_path: Path, slots: Dict[str, ScriptedServer], fields: Dict[str, str], message: str
+) -> None:
+    settings = make_settings(tmp_path, slots)
+    with pytest.raises(co.CutoverError, match=message):
+        cutover(settings, Commands(), RecordingProxy(settings), **fields).execute()
+
+
+def test_settings_name_what_is_wrong_and_round_trip_through_the_file(
+    tmp_path: Path, slots: Dict[str, ScriptedServer]
+) -> None:
+    settings = make_settings(tmp_path, slots)
+    assert co.save_settings(settings) and not co.save_settings(settings)
+    assert co.load_settings(settings.settings_path()) == settings
+    raw = json.loads(Path(settings.settings_path()).read_text())
+    raw.update(proxy="caddy", watch_interval=0, watch_max_5xx_ratio=2)
+    with pytest.raises(co.CutoverError) as info:
+        co.settings_from_dict(raw)
+    for part in ("proxy must be one of nginx, haproxy", "watch_interval must be more than 0",
+                 "watch_max_5xx_ratio must be in (0, 1]"):  # fmt: skip
+        assert part in str(info.value)
+    with pytest.raises(co.CutoverError, match="unknown cutover settings: colour"):
+        co.settings_from_dict({**raw, "colour": "red"})
+
+
+def test_nginx_upstream_names_the_primary_then_the_backup(
+    tmp_path: Path, slots: Dict[str, ScriptedServer]
+) -> None:
+    proxy = co.NginxProxy(make_settings(tmp_path, slots), Commands())
+    text = proxy.render("blue", "green")
+    blue, green = slots["blue"].port, slots["green"].port
+    assert text.index(f":{blue} max_fails=0;") < text.index(f":{green} max_fails=0 backup;")
+    assert "backup" not in proxy.render("green", None)
+
+
+def test_nginx_route_puts_the_old_file_back_when_nginx_rejects_it(
+    tmp_path: Path, slots: Dict[str, ScriptedServer]
+) -> None:
+    settings = make_settings(tmp_path, slots)
+    Path(settings.nginx_upstream_file).write_text("old\n")
+    commands = Commands({("nginx", "-t"): (1, "")})
+    with pytest.raises(co.CutoverError, match="nginx rejected"):
+        co.NginxProxy(settings, commands).route("blue", "green")
+    assert Path(settings.nginx_upstream_file).read_text() == "old\n"
+    ok = Commands()
+    co.NginxProxy(settings, ok).route("blue", "green")
+    assert ok.ran("systemctl", "reload", "nginx.service")
+    assert co.NginxProxy(settings, ok).live_slot() == "blue"
+
+
+def test_nginx_access_log_counts_only_the_new_slot_s_answers(
+    tmp_path: Path, slots: Dict[str, ScriptedServer]
+) -> None:
+    settings = make_settings(tmp_path, slots)
+    log = Path(settings.nginx_access_log)
+    log.write_text('1.0 200 "127.0.0.1:1" "200"\n')
+    proxy = co.NginxProxy(settings, Commands())
+    proxy.start_observing("blue")
+    blue = f"127.0.0.1:{slots['blue'].port}"
+    green = f"127.0.0.1:{slots['green'].port}"
+    with log.open("a") as handle:
+        handle.write(f'2.0 500 "{blue}" "500"\n')
+        handle.write(f'2.1 200 "{blue}, {green}" "502, 200"\n')
+        handle.write(f'2.2 200 "{blue}" "200"\n')
+        handle.write(f'2.3 200 "{blue}"')  # still being written
+    assert proxy.sample() == co.Traffic(responses=3, errors=2)
+    with log.open("a") as handle:
+        handle.write(' "200"\n')
+    assert proxy.sample() == co.Traffic(responses=1, errors=0)
+    log.unlink()
+    log.write_text(f'3.0 503 "{blue}" "503"\n')  # rotated: read from the start
+    assert proxy.sample() == co.Traffic(responses=1, errors=1)
+
+
+def test_traffic_problem_needs_a_share_of_5xx() -> None:
+    assert co.Traffic(100, 10).problem(0.2) is None
+    assert co.Traffic(100, 20).problem(0.2) == "20 of 100 requests through the proxy answered 5xx"
+    assert co.Traffic(0, 0).problem(0.2) is None
+    assert co.Traffic(down="gone").problem(0.2) == "gone"
+
+
+class FakeClient:
+    def __init__(self, answers: Dict[str, str]) -> None:
+        self.answers = answers
+        self.sent: List[str] = []
+
+    def send(self, command: str) -> str:
+        self.sent.append(command)
+        return next((a for prefix, a in self.answers.items() if command.startswith(prefix)), "")
+
+
+def test_haproxy_route_is_one_set_map_then_the_file(
+    tmp_path: Path, slots: Dict[str, ScriptedServer]
+) -> None:
+    settings = make_settings(tmp_path, slots)
+    settings.proxy, settings.haproxy_map_file = "haproxy", str(tmp_path / "live.map")
+    client = FakeClient({})
+    proxy = co.HaproxyProxy(settings, Commands(), client)  # type: ignore[arg-type]
+    proxy.route("green", "blue")
+    assert client.sent == [f"set map {tmp_path}/live.map live demo_green"]
+    assert Path(settings.haproxy_map_file).read_text() == "live demo_green\n"
+    assert proxy.live_slot() == "green"
+    refused = co.HaproxyProxy(settings, Commands(), FakeClient({"set map": "Unknown map"}))  # type: ignore[arg-type]
+    with pytest.raises(co.CutoverError, match=r"HAProxy refused .* Unknown map"):
+        refused.route("blue", None)
+
+
+def test_haproxy_sample_reads_the_server_s_counters_and_check(
+    tmp_path: Path, slots: Dict[str, ScriptedServer]
+) -> None:
+    settings = make_settings(tmp_path, slots)
+    settings.proxy, settings.haproxy_map_file = "haproxy", str(tmp_path / "live.map")
+    header = "# pxname,svname,status,hrsp_2xx,hrsp_5xx\n"
+    client = FakeClient({"show stat": header + "demo_blue,blue,UP,10,0\n"})
+    proxy = co.HaproxyProxy(settings, Commands(), client)  # type: ignore[arg-type]
+    proxy.start_observing("blue")
+    client.answers["show stat"] = header + "demo_blue,blue,UP,12,8\n"
+    assert proxy.sample() == co.Traffic(responses=10, errors=8)
+    client.answers["show stat"] = header + "demo_blue,blue,DOWN,12,8\n"
+    assert "health check took slot blue out (DOWN)" in proxy.sample().down
+
+
+def test_a_drain_in_progress_is_waited_for(
+    tmp_path: Path, slots: Dict[str, ScriptedServer]
+) -> None:
+    settings = make_settings(tmp_path, slots)
+    answers = iter(["active\ninactive\n", "inactive\nactive\n", "inactive\ninactive\n"])
+
+    def run(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(list(argv), 0, next(answers), "")
+
+    assert co.wait_for_retirement(settings, "green", run, sleep=lambda _: None)
+    assert co.wait_for_retirement(settings, "green", Commands()) is False
+    forever = Commands({("systemctl", "is-active"): (0, "active\n")})
+    clock = iter(range(0, 1000, 10))
+    with pytest.raises(co.CutoverError, match="still draining"):
+        co.wait_for_retirement(settings, "green", forever, sleep=lambda _: None,
+                               clock=lambda: float(next(clock)))  # fmt: skip
