@@ -35,17 +35,8 @@ ROLE_ORDER = [
     "bluegreen",
 ]
 MARKUP = re.compile(r"\b[COVI]\(([^)]*)\)")
-# Set by the playbooks, not by users: left out of the table.
-INTERNAL = {
-    "beamops_target_slot",
-    "beamops_proxy_slot",
-    "beamops_proxy_from_slot",
-    "beamops_run_purpose",
-    "beamops_run_id",
-    "beamops_guard_roles",
-    "beamops_activation_event",
-    "beamops_activate_version",
-}
+# Names the roles pass to each other start with `__beamops_`: private, left out of the table.
+PRIVATE_PREFIX = "__"
 
 
 def load_options(role: str) -> Dict[str, Dict[str, Any]]:
@@ -80,7 +71,7 @@ def rows() -> Iterator[Tuple[str, str, str, str]]:
     seen: set[str] = set()
     for role in ROLE_ORDER:
         for name, option in load_options(role).items():
-            if name in INTERNAL or name in seen:
+            if name.startswith(PRIVATE_PREFIX) or name in seen:
                 continue
             seen.add(name)
             yield name, role, show_default(option), describe(option)

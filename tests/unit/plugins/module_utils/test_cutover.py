@@ -9,7 +9,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 from ansible_collections.beamops.release.plugins.module_utils import (
@@ -67,9 +67,9 @@ class RecordingProxy(co.Proxy):
 
 
 @pytest.fixture
-def slots() -> Dict[str, ScriptedServer]:
+def slots() -> Iterator[Dict[str, ScriptedServer]]:
     servers = {name: start_server() for name in ("blue", "green", "proxy")}
-    yield {name: pair[0] for name, pair in servers.items()}  # type: ignore[misc]
+    yield {name: pair[0] for name, pair in servers.items()}
     for scripted, httpd in servers.values():
         stop_server(scripted, httpd)
 
@@ -137,7 +137,8 @@ def test_a_good_release_is_started_switched_watched_recorded_and_the_old_slot_re
     assert commands.ran("systemctl", "start", "demo@blue.service")
     assert [(p, f) for p, f, _ in proxy.routes] == [("blue", "green")]
     after = state(settings)
-    assert (after["active"]["slot"], after["active"]["version"]) == ("blue", "0.2.0")
+    active = after["active"]
+    assert active is not None and (active["slot"], active["version"]) == ("blue", "0.2.0")
     assert after["releases"]["0.2.0"]["status"] == "good"
     # Retired in the background: disabled now, stopped by a timer after the drain.
     assert commands.ran("systemctl", "disable", "--quiet", "demo@green.service")
