@@ -94,6 +94,7 @@ class Settings:
     start_timeout: float = 60.0
     keep_old_warm: bool = False
     releases_keep: int = 5
+    helper_dir: str = "/usr/local/lib/beamops"
 
     def problems(self) -> List[str]:
         found: List[str] = []

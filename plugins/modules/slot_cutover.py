@@ -31,7 +31,9 @@ description:
     stopped by a transient systemd timer after O(drain_seconds): the module does not wait
     for the drain. A later run that needs that slot waits for the drain to finish."
   - "The settings are saved to C(<config_dir>/cutover.json) (no secret in it), so the
-    on-host rollback command uses exactly what the last deploy used."
+    on-host rollback command C(/usr/local/bin/<app>-rollback) uses exactly what the last
+    deploy used. The module also writes that command and the readiness gate (see
+    O(helper_dir))."
 options:
   app:
     description: The release's name; units are C(<app>@blue) and C(<app>@green).
@@ -163,6 +165,14 @@ options:
     description: Releases kept on the host after a success (see the release_state module).
     type: int
     default: 5
+  helper_dir:
+    description:
+      - Where the module writes the collection's code the host runs by itself - the units'
+        readiness gate (C(health_probe.py)) and the package behind
+        C(/usr/local/bin/<app>-rollback), the on-host rollback command. Written from the
+        module's own payload, only when different.
+    type: path
+    default: /usr/local/lib/beamops
 notes:
   - Runs as root on the managed host; needs systemd, and nginx or HAProxy configured by the
     C(beamops.release.traffic_switch) role.
@@ -230,6 +240,11 @@ timings:
   description: Seconds each step took (drain_wait, start, switch, watch, record, retire).
   returned: always
   type: dict
+tools_changed:
+  description: Files of the on-host tools (gate, rollback command) that were written.
+  returned: always
+  type: list
+  elements: str
 release_log:
   description: The release's own last journal lines, when its start failed.
   returned: always
@@ -250,7 +265,7 @@ from_version:
 """
 
 # Ansible reads the documentation above before any import, hence E402.
-from typing import Any, Dict  # noqa: E402
+from typing import Any, Dict, List  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.beamops.release.plugins.module_utils.cutover import (  # noqa: E402
@@ -259,6 +274,9 @@ from ansible_collections.beamops.release.plugins.module_utils.cutover import (  
     Request,
     save_settings,
     settings_from_dict,
+)
+from ansible_collections.beamops.release.plugins.module_utils.host_tools import (  # noqa: E402
+    install,
 )
 from ansible_collections.beamops.release.plugins.module_utils.release_state import (  # noqa: E402
     ReleaseStateError,
@@ -308,6 +326,7 @@ ARGUMENT_SPEC: Dict[str, Dict[str, Any]] = {
     "start_timeout": {"type": "float", "default": 60.0},
     "keep_old_warm": {"type": "bool", "default": False},
     "releases_keep": {"type": "int", "default": 5},
+    "helper_dir": {"type": "path", "default": "/usr/local/lib/beamops"},
 }
 
 
@@ -323,15 +342,21 @@ def split_params(params: Dict[str, Any]) -> tuple[Dict[str, Any], Request]:
 def main() -> None:
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     raw, request = split_params(module.params)
+    tools: List[str] = []
     try:
         settings = settings_from_dict(raw)
+        if not module.check_mode:
+            # The gate must be in place before the slot starts.
+            tools = install(settings.helper_dir, settings.app, settings.config_dir)
         cutover = Cutover(settings, request)
         outcome = cutover.execute(check_mode=module.check_mode)
         if not module.check_mode:
             save_settings(settings)
-    except (CutoverError, ReleaseStateError) as exc:
+    except (CutoverError, ReleaseStateError, OSError) as exc:
         module.fail_json(msg=f"{request.host or 'host'}: {exc}. Traffic was not moved.")
     result = outcome.to_dict()
+    result["tools_changed"] = tools
+    result["changed"] = result["changed"] or bool(tools)
     for warning in result.pop("warnings"):
         module.warn(warning)
     module.exit_json(

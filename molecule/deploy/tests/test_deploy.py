@@ -242,6 +242,30 @@ def test_keeping_the_old_slot_warm_makes_rollback_a_switch(fleet: Fleet) -> None
     print(f"warm rollback took {back.seconds}s")
 
 
+def test_the_rollback_command_on_a_host_needs_no_controller(fleet: Fleet) -> None:
+    """`/usr/local/bin/sample_app-rollback` on the host: same lock, state, gate and watch."""
+    name = HOSTS[0]
+    host = fleet.hosts[name]
+    plan = host.run("/usr/local/bin/sample_app-rollback --plan 0.1.0")
+    assert plan.rc == 0 and "roll back from 0.2.0 (slot green) to 0.1.0" in plan.stdout, plan
+    # Run as an unprivileged user it refuses, naming what to do.
+    refused = host.run("runuser -u nobody -- /usr/local/bin/sample_app-rollback")
+    assert refused.rc == 2 and "run as root" in refused.stderr
+    with fleet.under_load() as load:
+        done = host.run("/usr/local/bin/sample_app-rollback 0.1.0")
+    assert done.rc == 0, done.stdout + done.stderr
+    assert "rollback of 0.1.0 to slot blue ok" in done.stdout
+    assert load.failed() == 0, load.results
+    assert fleet.served()[name] == "sample_app 0.1.0 on blue"
+    state = fleet.state(name)
+    assert state["lock"] is None and state["releases"]["0.2.0"]["status"] == "bad"
+    assert "local rollback command" in state["releases"]["0.2.0"]["reason"]
+    # Put the fleet back on 0.2.0 for the tests that follow.
+    again = fleet.playbook("rollback", "-e", "rollback_to=0.2.0")
+    assert again.rc == 0, again.tail()
+    assert fleet.served() == {n: "sample_app 0.2.0 on green" for n in HOSTS}
+
+
 def test_rollback_to_an_unknown_version_is_refused(fleet: Fleet) -> None:
     before = fleet.state_bytes()
     run = fleet.playbook("rollback", "-e", "rollback_to=9.9.9")

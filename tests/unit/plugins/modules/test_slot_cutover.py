@@ -18,16 +18,16 @@ REPO = Path(__file__).resolve().parents[4]
 BIN = Path(sys.executable).parent
 
 
-def ansible_doc() -> Dict[str, Any]:
+def ansible_doc(name: str = "slot_cutover") -> Dict[str, Any]:
     env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(REPO / "build" / "collections")}
     found = subprocess.run(
-        [str(BIN / "ansible-doc"), "--json", "beamops.release.slot_cutover"],
+        [str(BIN / "ansible-doc"), "--json", f"beamops.release.{name}"],
         env=env,
         capture_output=True,
         text=True,
         check=True,
     )
-    return dict(json.loads(found.stdout)["beamops.release.slot_cutover"])
+    return dict(json.loads(found.stdout)[f"beamops.release.{name}"])
 
 
 def test_documentation_renders_and_matches_the_argument_spec() -> None:
@@ -40,7 +40,9 @@ def test_documentation_renders_and_matches_the_argument_spec() -> None:
         assert options[name].get("required", False) == spec.get("required", False), name
         assert options[name].get("choices") == spec.get("choices"), name
     outcome = {f.name for f in dataclasses.fields(co.Outcome)} - {"warnings", "changed"}
-    assert outcome | {"slot", "from_slot", "from_version"} == set(document["return"])
+    assert outcome | {"slot", "from_slot", "from_version", "tools_changed"} == set(
+        document["return"]
+    )
 
 
 def test_every_option_is_either_a_setting_or_part_of_the_request() -> None:
