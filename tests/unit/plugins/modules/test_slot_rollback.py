@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ansible_collections.beamops.release.plugins.modules import slot_rollback as module
+
 from tests.unit.plugins.modules.test_slot_cutover import ansible_doc
 
 
