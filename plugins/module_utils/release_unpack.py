@@ -1,0 +1,219 @@
+# Copyright: contributors to beamops.release
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Install a release tarball on the host: verify, unpack safely, move into place, register.
+
+    releases/.<version>.partial  <- unpacked here, root-owned, no write bits for others
+    releases/<version>           <- renamed into place only when complete and checked
+
+A tarball is refused, with nothing left behind, when its sha256 differs from the expected one,
+when a member would land outside the release (absolute path, ``..``, a link pointing out), when
+it holds a device, a FIFO or anything but files, directories and links, or when it has no
+executable ``bin/<app>``. Set-uid/set-gid bits and group/other write bits are dropped.
+
+Pure standard library, Python 3.8+.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import os
+import shutil
+import tarfile
+from typing import List, Optional
+
+from ansible_collections.beamops.release.plugins.module_utils import release_state
+
+CHUNK = 1024 * 1024
+
+
+class UnpackError(Exception):
+    """The tarball or the host's releases directory is not what a release install needs."""
+
+
+@dataclasses.dataclass
+class Request:
+    app: str
+    version: str
+    sha256: str
+    base_dir: str
+    state_path: str
+    helper_dir: str
+    src: Optional[str] = None  # the tarball on the host; None: only say whether one is needed
+    run_id: Optional[str] = None
+
+    @property
+    def releases_dir(self) -> str:
+        return os.path.join(self.base_dir, "releases")
+
+    @property
+    def release_dir(self) -> str:
+        return os.path.join(self.releases_dir, self.version)
+
+    @property
+    def partial_dir(self) -> str:
+        return os.path.join(self.releases_dir, f".{self.version}.partial")
+
+
+@dataclasses.dataclass
+class Result:
+    changed: bool = False
+    needs_transfer: bool = False
+    installed: bool = False  # this call unpacked the release
+    msg: str = ""
+    epmd: Optional[str] = None
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def registered_sha(request: Request) -> Optional[str]:
+    state, _ = release_state.read_state(request.state_path)
+    known = state["releases"].get(request.version)
+    return known["sha256"] if known else None
+
+
+def ensure_layout(request: Request) -> None:
+    for path in (request.base_dir, request.releases_dir, os.path.join(request.base_dir, "slots")):
+        os.makedirs(path, mode=0o755, exist_ok=True)
+
+
+def install(request: Request, check_mode: bool = False) -> Result:
+    """Do what is needed for releases/<version> to hold this exact release, registered."""
+    release_state.check_version("version", request.version)
+    sha256 = request.sha256.lower()
+    known = registered_sha(request)
+    present = os.path.isfile(os.path.join(request.release_dir, "bin", request.app))
+    if present and known == sha256:
+        result = Result(msg=f"release {request.version} already installed", epmd=_epmd(request))
+        if result.epmd is None and not check_mode:
+            # The helper directory was emptied since: put epmd back.
+            result.epmd = _install_epmd(request)
+            result.changed = result.epmd is not None
+        return result
+    if present or (known is not None and known != sha256):
+        raise UnpackError(
+            f"{request.release_dir} already holds a release {request.version} with another "
+            f"checksum than beamops_release_sha256 {sha256} (registered: {known or 'none'}). "
+            "A version must never change content: build a new version"
+        )
+    if check_mode:
+        return Result(changed=True, msg=f"would install release {request.version}")
+    if request.src is None:
+        return Result(needs_transfer=True, msg=f"release {request.version} needs its tarball")
+    ensure_layout(request)
+    try:
+        _verify_and_unpack(request, sha256)
+    except BaseException:
+        shutil.rmtree(request.partial_dir, ignore_errors=True)
+        raise
+    os.rename(request.partial_dir, request.release_dir)
+    release_state.execute(
+        release_state.Request(
+            action="register",
+            path=request.state_path,
+            version=request.version,
+            sha256=sha256,
+            run_id=request.run_id,
+        )
+    )
+    epmd = _install_epmd(request)
+    return Result(
+        changed=True, installed=True, msg=f"release {request.version} installed", epmd=epmd
+    )
+
+
+def _verify_and_unpack(request: Request, sha256: str) -> None:
+    assert request.src is not None
+    actual = sha256_of(request.src)
+    if actual != sha256:
+        raise UnpackError(
+            f"the tarball on the host has sha256 {actual}, not beamops_release_sha256 {sha256} "
+            "(changed in transit?)"
+        )
+    shutil.rmtree(request.partial_dir, ignore_errors=True)  # left by an interrupted run
+    os.mkdir(request.partial_dir, 0o755)
+    try:
+        with tarfile.open(request.src, "r:*") as tar:
+            members = safe_members(tar.getmembers())
+            tar.extractall(request.partial_dir, members=members)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise UnpackError(f"cannot unpack the tarball of {request.version}: {exc}") from exc
+    binary = os.path.join(request.partial_dir, "bin", request.app)
+    if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
+        raise UnpackError(
+            f"the tarball has no executable bin/{request.app}: is beamops_app_name "
+            f"({request.app}) the release's name?"
+        )
+
+
+def safe_members(members: List[tarfile.TarInfo]) -> List[tarfile.TarInfo]:
+    """Refuse what could escape the release or create special files; make the rest root's."""
+    for member in members:
+        name = member.name
+        parts = [p for p in name.split("/") if p not in ("", ".")]
+        if name.startswith("/") or ".." in parts:
+            raise UnpackError(f"tarball member {name!r} would land outside the release")
+        if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+            raise UnpackError(f"tarball member {name!r} is a device, FIFO or other special file")
+        if member.issym() or member.islnk():
+            _check_link(member, parts)
+        member.uid = member.gid = 0
+        member.uname = member.gname = "root"
+        member.mode = 0o755 if member.isdir() else member.mode & 0o755
+    return members
+
+
+def _check_link(member: tarfile.TarInfo, parts: List[str]) -> None:
+    target = member.linkname
+    outside = f"tarball member {member.name!r} links to {target!r}, outside the release"
+    if target.startswith("/"):
+        raise UnpackError(outside)
+    # A symlink resolves from its own directory; a hard link names a path in the archive.
+    base = parts[:-1] if member.issym() else []
+    resolved: List[str] = []
+    for part in [*base, *target.split("/")]:
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not resolved:
+                raise UnpackError(
+                    f"tarball member {member.name!r} links to {target!r}, outside the release"
+                )
+            resolved.pop()
+        else:
+            resolved.append(part)
+    if target.startswith("/"):
+        raise UnpackError(
+            f"tarball member {member.name!r} links to {target!r}, outside the release"
+        )
+
+
+def _epmd(request: Request) -> Optional[str]:
+    path = os.path.join(request.helper_dir, "epmd")
+    return path if os.path.exists(path) else None
+
+
+def _install_epmd(request: Request) -> Optional[str]:
+    """epmd runs as its own unit shared by every slot and app: it lives outside the releases
+    (pruning must not remove it). The first copy stays: its protocol is stable, and a new
+    ERTS must not restart it."""
+    existing = _epmd(request)
+    if existing:
+        return existing
+    found = sorted(glob.glob(os.path.join(request.release_dir, "erts-*", "bin", "epmd")))
+    if not found or os.path.islink(found[-1]) or not os.path.isfile(found[-1]):
+        return None
+    os.makedirs(request.helper_dir, mode=0o755, exist_ok=True)
+    target = os.path.join(request.helper_dir, "epmd")
+    temp = f"{target}.beamops-tmp"
+    shutil.copyfile(found[-1], temp)
+    os.chmod(temp, 0o755)
+    os.replace(temp, target)
+    return target
