@@ -216,7 +216,7 @@ def parse_backend_names(text: str) -> List[str]:
 
 
 def check_name(parameter: str, value: str) -> None:
-    if not NAME_PATTERN.match(value):
+    if not NAME_PATTERN.fullmatch(value):
         raise UnknownName(
             f"{parameter} must be an HAProxy name (letters, digits, '-', '_', '.', ':'), "
             f"got {value!r}"

@@ -79,6 +79,7 @@ FILE_LOCK_TIMEOUT = 30.0
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 # Versions name directories under releases/: no '/', no leading dot (hidden, in-progress names).
+# Matched with fullmatch: `$` would let a trailing newline through.
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
@@ -297,7 +298,7 @@ def _validate_formats(request: Request) -> None:
         check_version("version", request.version)
     for version in request.protect:
         check_version("protect", version)
-    if request.sha256 is not None and not _SHA256_RE.match(request.sha256.lower()):
+    if request.sha256 is not None and not _SHA256_RE.fullmatch(request.sha256.lower()):
         _invalid(
             "sha256", "64 hexadecimal characters (the release tarball's SHA-256)", request.sha256
         )
@@ -307,7 +308,7 @@ def _validate_formats(request: Request) -> None:
         _invalid("slot", "|".join(SLOTS), request.slot)
     for name in ("event", "result"):
         value = getattr(request, name)
-        if value is not None and not _NAME_RE.match(value):
+        if value is not None and not _NAME_RE.fullmatch(value):
             _invalid(
                 name, "a lowercase word such as deploy, rollback, switch_back, ok, failed", value
             )
@@ -319,7 +320,7 @@ def _validate_formats(request: Request) -> None:
 
 
 def check_version(name: str, value: object) -> None:
-    if not isinstance(value, str) or not _VERSION_RE.match(value):
+    if not isinstance(value, str) or not _VERSION_RE.fullmatch(value):
         _invalid(
             name,
             "a non-empty release version of letters, digits and . _ + - starting with a letter "
@@ -424,7 +425,7 @@ class _StateParser:
         # A hand-written minimal file ({"schema": 1}) is fine: absent parts are empty.
         releases = self.mapping(top.get("releases", {}), "releases")
         for version, raw_release in releases.items():
-            if not _VERSION_RE.match(version):
+            if not _VERSION_RE.fullmatch(version):
                 self.fail("each key of releases", "a release version", version)
             state["releases"][version] = self.release(raw_release, f"releases[{version!r}]")
         history = top.get("history", [])

@@ -1,0 +1,147 @@
+"""release_unpack on real tarballs built here: a good one installs once, hostile ones are
+refused with nothing left behind."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+import tarfile
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import pytest
+from ansible_collections.beamops.release.plugins.module_utils import release_state as rs
+from ansible_collections.beamops.release.plugins.module_utils import release_unpack as ru
+
+Member = Callable[[tarfile.TarFile], None]
+
+
+def add_file(name: str, data: bytes = b"x", mode: int = 0o644) -> Member:
+    def add(tar: tarfile.TarFile) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.uid, info.uname = len(data), mode, 1234, "builder"
+        tar.addfile(info, io.BytesIO(data))
+
+    return add
+
+
+def add_special(name: str, kind: bytes, linkname: str = "") -> Member:
+    def add(tar: tarfile.TarFile) -> None:
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname = kind, linkname
+        tar.addfile(info)
+
+    return add
+
+
+RELEASE: List[Member] = [
+    add_file("bin/demo", b"#!/bin/sh\necho demo\n", 0o4775),
+    add_file("releases/1.0.0/start.boot", b"boot"),
+    add_file("erts-13.1/bin/epmd", b"\x7fELF epmd", 0o755),
+    add_special("lib/current", tarfile.SYMTYPE, "../releases/1.0.0"),
+]
+
+
+def tarball(tmp_path: Path, members: List[Member], name: str = "demo.tar.gz") -> Path:
+    path = tmp_path / name
+    with tarfile.open(path, "w:gz") as tar:
+        for member in members:
+            member(tar)
+    return path
+
+
+def request(tmp_path: Path, src: Optional[Path], version: str = "1.0.0") -> ru.Request:
+    digest = hashlib.sha256(src.read_bytes()).hexdigest() if src else "0" * 64
+    return ru.Request(
+        app="demo",
+        version=version,
+        sha256=digest,
+        base_dir=str(tmp_path / "opt"),
+        state_path=str(tmp_path / "opt" / "release-state.json"),
+        helper_dir=str(tmp_path / "helper"),
+        src=str(src) if src else None,
+    )
+
+
+def test_a_release_installs_root_owned_without_set_id_bits_then_is_left_alone(
+    tmp_path: Path,
+) -> None:
+    src = tarball(tmp_path, RELEASE)
+    asked = ru.install(request(tmp_path, None))
+    assert asked.needs_transfer and not asked.changed
+    first = request(tmp_path, src)
+    done = ru.install(first)
+    assert done.installed and done.changed and done.epmd == str(tmp_path / "helper" / "epmd")
+    binary = Path(first.release_dir) / "bin" / "demo"
+    mode = stat.S_IMODE(binary.stat().st_mode)
+    assert mode == 0o755, oct(mode)  # set-uid and group write dropped
+    assert os.readlink(Path(first.release_dir) / "lib" / "current") == "../releases/1.0.0"
+    assert not Path(first.partial_dir).exists()
+    state, _ = rs.read_state(first.state_path)
+    assert state["releases"]["1.0.0"]["sha256"] == first.sha256
+    again = ru.install(first)
+    assert not again.changed and not again.installed and "already installed" in again.msg
+    known = ru.install(ru.Request(**{**first.__dict__, "src": None}))
+    assert not known.needs_transfer and not known.changed
+
+
+@pytest.mark.parametrize(
+    ("members", "message"),
+    [
+        ([*RELEASE, add_file("../../escaped")], r"'../../escaped' would land outside"),
+        ([*RELEASE, add_file("/etc/cron.d/x")], r"'/etc/cron.d/x' would land outside"),
+        ([*RELEASE, add_special("dev/sda", tarfile.BLKTYPE)], "is a device, FIFO"),
+        ([*RELEASE, add_special("fifo", tarfile.FIFOTYPE)], "is a device, FIFO"),
+        ([*RELEASE, add_special("bin/sh", tarfile.SYMTYPE, "/bin/sh")], "links to '/bin/sh'"),
+        (
+            [*RELEASE, add_special("lib/up", tarfile.SYMTYPE, "../../etc/shadow")],
+            "links to '../../etc/shadow', outside",
+        ),
+        ([add_file("releases/x", b"no binary")], "no executable bin/demo"),
+        ([add_file("bin/demo", b"not executable", 0o644)], "no executable bin/demo"),
+    ],
+    ids=["dotdot", "absolute", "device", "fifo", "abs-link", "link-out", "no-bin", "bin-not-x"],
+)
+def test_hostile_or_wrong_tarballs_are_refused_leaving_nothing(
+    tmp_path: Path, members: List[Member], message: str
+) -> None:
+    wanted = request(tmp_path, tarball(tmp_path, members))
+    with pytest.raises(ru.UnpackError, match=message):
+        ru.install(wanted)
+    releases = Path(wanted.releases_dir)
+    assert sorted(p.name for p in releases.iterdir()) == []
+    assert not (tmp_path / "escaped").exists()
+    state, _ = rs.read_state(wanted.state_path)
+    assert state["releases"] == {}
+
+
+def test_a_tarball_changed_in_transit_is_refused(tmp_path: Path) -> None:
+    src = tarball(tmp_path, RELEASE)
+    wanted = request(tmp_path, src)
+    src.write_bytes(src.read_bytes() + b"\0")
+    with pytest.raises(ru.UnpackError, match="changed in transit"):
+        ru.install(wanted)
+
+
+def test_a_version_never_changes_content(tmp_path: Path) -> None:
+    ru.install(request(tmp_path, tarball(tmp_path, RELEASE)))
+    other = tarball(tmp_path, [*RELEASE, add_file("extra")], name="other.tar.gz")
+    with pytest.raises(ru.UnpackError, match="A version must never change content"):
+        ru.install(request(tmp_path, other))
+
+
+@pytest.mark.parametrize("version", ["../../escaped", "1.0.0/../x", ".hidden", "1.0\n"])
+def test_a_version_that_is_not_a_plain_name_is_refused_before_anything(
+    tmp_path: Path, version: str
+) -> None:
+    with pytest.raises(rs.ReleaseStateError, match="version"):
+        ru.install(request(tmp_path, tarball(tmp_path, RELEASE), version=version))
+    assert not (tmp_path / "opt").exists()
+
+
+def test_check_mode_says_what_it_would_do_and_writes_nothing(tmp_path: Path) -> None:
+    result = ru.install(request(tmp_path, tarball(tmp_path, RELEASE)), check_mode=True)
+    assert result.changed and "would install" in result.msg
+    assert not (tmp_path / "opt").exists()
