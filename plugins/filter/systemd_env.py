@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, Callable, Dict, Mapping
 
 from ansible.errors import AnsibleFilterError
+from ansible_collections.beamops.release.plugins.module_utils import environment_file
 
 DOCUMENTATION = r"""
 name: systemd_env
@@ -42,48 +42,12 @@ _value:
   type: str
 """
 
-NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def quote_value(value: str) -> str:
-    """Double-quote for EnvironmentFile=: backslash, quote and dollar are escaped.
-
-    systemd does not expand variables in EnvironmentFile values, but the release's shell
-    scripts may re-export them, so a literal dollar stays literal either way.
-    """
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
-    return f'"{escaped}"'
-
-
-def render_value(name: str, value: object, source: str) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float, str)):
-        text = str(value)
-        if "\n" in text or "\r" in text or "\0" in text:
-            raise AnsibleFilterError(
-                f"{source}: the value of {name} contains a newline or NUL byte, which an "
-                "EnvironmentFile cannot hold; pass multi-line data as a file instead"
-            )
-        return text
-    raise AnsibleFilterError(
-        f"{source}: the value of {name} must be a string, number or boolean, "
-        f"got {type(value).__name__}"
-    )
-
 
 def systemd_env(mapping: Mapping[str, Any], source: str = "environment") -> str:
-    if not isinstance(mapping, Mapping):
-        raise AnsibleFilterError(f"{source} must be a mapping of NAME: value, got {mapping!r}")
-    lines = []
-    for name in sorted(mapping):
-        if not isinstance(name, str) or not NAME_PATTERN.match(name):
-            raise AnsibleFilterError(
-                f"{source}: {name!r} is not a valid environment variable name "
-                "(letters, digits and underscore, not starting with a digit)"
-            )
-        lines.append(f"{name}={quote_value(render_value(name, mapping[name], source))}")
-    return "".join(line + "\n" for line in lines)
+    try:
+        return environment_file.render(mapping, source)
+    except environment_file.BadEnvironment as exc:
+        raise AnsibleFilterError(str(exc)) from exc
 
 
 class FilterModule:

@@ -41,11 +41,18 @@ class Tally:
     by_answer: Counter[str] = field(default_factory=Counter)
     failures: List[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # The longest time no request got a good answer: what a user would feel as an outage.
+    last_ok_at: Optional[float] = None
+    max_gap: float = 0.0
 
     def record_ok(self, body: str) -> None:
+        now = time.monotonic()
         with self.lock:
             self.ok += 1
             self.by_answer[body.strip()] += 1
+            if self.last_ok_at is not None:
+                self.max_gap = max(self.max_gap, now - self.last_ok_at)
+            self.last_ok_at = now
 
     def record_failure(self, reason: str) -> None:
         with self.lock:
@@ -64,6 +71,7 @@ class Tally:
                 "ok": self.ok,
                 "failed": self.failed,
                 "retries": self.retries,
+                "max_gap_ms": round(self.max_gap * 1000),
                 "answers": dict(self.by_answer),
                 "failures": list(self.failures),
             }

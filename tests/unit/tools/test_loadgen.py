@@ -98,3 +98,17 @@ def test_a_reused_connection_closed_by_the_server_is_retried_once(
     assert result["retries"] >= 5, result
     assert result["failed"] == 0, result
     assert result["ok"] == result["requests"]
+
+
+def test_max_gap_is_the_longest_time_without_a_good_answer(
+    server: http.server.ThreadingHTTPServer,
+) -> None:
+    with Load(url(server), rate=100, workers=4) as load:
+        time.sleep(0.5)
+        Handler.status = 503  # an outage of about 0.6 s
+        time.sleep(0.6)
+        Handler.status = 200
+        time.sleep(0.5)
+        result = load.stop()
+    assert 550 <= result["max_gap_ms"] <= 900, result
+    assert result["failed"] > 0

@@ -1,0 +1,152 @@
+#!/usr/bin/python
+# Copyright: contributors to beamops.release
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Ansible module: a slot's environment, secrets and vm.args in one call."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: slot_config
+short_description: Write a slot's environment, secrets and vm.args in one call
+version_added: "0.2.0"
+author:
+  - beamops.release maintainers
+description:
+  - Writes C(<config_dir>/<slot>.env) (plain, root:group 0640), C(<slot>.secrets.env) (root
+    only, 0600, read by systemd), C(<slot>.vm.args) (0640) and the slot's working directory
+    C(<state_dir>/<slot>) (owned by the app user), each atomically and only when it differs.
+  - "Values are written so that systemd's C(EnvironmentFile=) reads them back exactly; a name
+    that is not an identifier, or a value with a newline or NUL byte, is refused naming the
+    variable. Names the collection sets per slot (O(reserved), C(RELEASE_COOKIE)) may not be
+    set by O(env) or O(secret_env), and a name may not be both plain and secret."
+  - With C(--diff), the plain files' changes are shown; the secrets file's never are.
+options:
+  slot:
+    description: The slot whose files are written.
+    type: str
+    required: true
+    choices: [blue, green]
+  config_dir:
+    description: The app's configuration directory.
+    type: path
+    required: true
+  state_dir:
+    description: Parent of the slots' working directories.
+    type: path
+    required: true
+  app_user:
+    description: The unprivileged user the release runs as.
+    type: str
+    required: true
+  app_group:
+    description: Its group, which may read the plain files.
+    type: str
+    required: true
+  env:
+    description: Plain environment (C(beamops_env)).
+    type: dict
+    default: {}
+  reserved:
+    description: The collection's per-slot values (C(PORT), C(SLOT), C(RELEASE_NODE), ...).
+    type: dict
+    default: {}
+  secret_env:
+    description: Secret environment (C(beamops_secret_env)); never shown.
+    type: dict
+    default: {}
+  cookie:
+    description: The Erlang cookie, written as C(RELEASE_COOKIE) in the secrets file; never shown.
+    type: str
+  vm_args:
+    description: Extra lines of the deploy-time vm.args.
+    type: list
+    elements: str
+    default: []
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: partial
+    details: The secrets file's content is never part of the diff.
+"""
+
+EXAMPLES = r"""
+- name: Render slot blue's configuration
+  beamops.release.slot_config:
+    slot: blue
+    config_dir: /etc/sample_app
+    state_dir: /var/lib/sample_app
+    app_user: sample_app
+    app_group: sample_app
+    env: {LOG_LEVEL: info}
+    reserved: {PORT: 4001, SLOT: blue}
+    secret_env: "{{ vault_secret_env }}"
+    cookie: "{{ vault_cookie }}"
+  no_log: true
+"""
+
+RETURN = r"""
+changed_files:
+  description: The files that were (or in check mode would be) rewritten.
+  returned: always
+  type: list
+  elements: str
+"""
+
+# Ansible reads the documentation above before any import, hence E402.
+from typing import Any, Dict, List  # noqa: E402
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.beamops.release.plugins.module_utils.slot_config import (  # noqa: E402
+    ConfigError,
+    FileChange,
+    Request,
+    apply,
+)
+
+ARGUMENT_SPEC: Dict[str, Dict[str, Any]] = {
+    "slot": {"type": "str", "required": True, "choices": ["blue", "green"]},
+    "config_dir": {"type": "path", "required": True},
+    "state_dir": {"type": "path", "required": True},
+    "app_user": {"type": "str", "required": True},
+    "app_group": {"type": "str", "required": True},
+    "env": {"type": "dict", "default": {}},
+    "reserved": {"type": "dict", "default": {}},
+    "secret_env": {"type": "dict", "default": {}, "no_log": True},
+    "cookie": {"type": "str", "no_log": True},
+    "vm_args": {"type": "list", "elements": "str", "default": []},
+}
+
+
+def diff_of(changes: List[FileChange]) -> List[Dict[str, str]]:
+    hidden = "(secret: content not shown)\n"
+    return [
+        {
+            "before_header": change.path,
+            "after_header": change.path,
+            "before": hidden if change.secret else change.before,
+            "after": hidden if change.secret else change.after,
+        }
+        for change in changes
+    ]
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    request = Request(**module.params)
+    try:
+        changed, changes = apply(request, check_mode=module.check_mode)
+    except (ConfigError, OSError) as exc:
+        module.fail_json(msg=f"slot {request.slot}: {exc}. Nothing more was written.")
+    result: Dict[str, Any] = {
+        "changed": changed,
+        "changed_files": [change.path for change in changes],
+    }
+    if module._diff:
+        result["diff"] = diff_of(changes)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""slot_config writes real files (as root, the way it runs on hosts): exact content, owners
+and modes, nothing rewritten twice, secrets never in a diff, bad names refused."""
+
+from __future__ import annotations
+
+import dataclasses
+import grp
+import os
+import pwd
+import stat
+from pathlib import Path
+
+import pytest
+from ansible_collections.beamops.release.plugins.module_utils import slot_config as sc
+from ansible_collections.beamops.release.plugins.modules import slot_config as module
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="writes root-owned files")
+USER, GROUP = "nobody", grp.getgrgid(pwd.getpwnam("nobody").pw_gid).gr_name
+
+
+def request(tmp_path: Path, **changes: object) -> sc.Request:
+    made = sc.Request(
+        slot="blue",
+        config_dir=str(tmp_path / "etc"),
+        state_dir=str(tmp_path / "var"),
+        app_user=USER,
+        app_group=GROUP,
+        env={"GREETING": 'say "hi" $HOME'},
+        reserved={"PORT": 4001, "SLOT": "blue"},
+        secret_env={"SECRET_KEY_BASE": "s3cret-value"},
+        cookie="cookie-0123456789abcdefghij",
+        vm_args=["+S 2:2"],
+    )
+    return dataclasses.replace(made, **changes)  # type: ignore[arg-type]
+
+
+def owner_mode(path: Path) -> tuple[int, int, int]:
+    info = path.stat()
+    return info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)
+
+
+def test_files_directories_owners_and_modes(tmp_path: Path) -> None:
+    changed, changes = sc.apply(request(tmp_path))
+    gid, uid = grp.getgrnam(GROUP).gr_gid, pwd.getpwnam(USER).pw_uid
+    etc = tmp_path / "etc"
+    assert changed and len(changes) == 3
+    assert owner_mode(etc) == (0, gid, 0o750)
+    assert owner_mode(etc / "blue.env") == (0, gid, 0o640)
+    assert owner_mode(etc / "blue.secrets.env") == (0, 0, 0o600)
+    assert owner_mode(etc / "blue.vm.args") == (0, gid, 0o640)
+    assert owner_mode(tmp_path / "var" / "blue") == (uid, gid, 0o750)
+    plain = (etc / "blue.env").read_text()
+    assert 'GREETING="say \\"hi\\" \\$HOME"\nPORT="4001"\nSLOT="blue"\n' in plain
+    assert "s3cret" not in plain
+    secrets = (etc / "blue.secrets.env").read_text()
+    assert 'RELEASE_COOKIE="cookie-0123456789abcdefghij"' in secrets
+    assert 'SECRET_KEY_BASE="s3cret-value"' in secrets
+    assert (etc / "blue.vm.args").read_text().endswith("-start_epmd false\n+S 2:2\n")
+
+
+def test_a_second_run_changes_nothing_and_check_mode_writes_nothing(tmp_path: Path) -> None:
+    sc.apply(request(tmp_path))
+    assert sc.apply(request(tmp_path)) == (False, [])
+    rotated = request(tmp_path, secret_env={"SECRET_KEY_BASE": "rotated"})
+    before = (tmp_path / "etc" / "blue.secrets.env").read_text()
+    changed, changes = sc.apply(rotated, check_mode=True)
+    assert changed and [c.path.endswith("blue.secrets.env") for c in changes] == [True]
+    assert (tmp_path / "etc" / "blue.secrets.env").read_text() == before
+
+
+def test_the_diff_never_holds_a_secret(tmp_path: Path) -> None:
+    _, changes = sc.apply(request(tmp_path))
+    text = repr(module.diff_of(changes))
+    assert "s3cret" not in text and "cookie-0123" not in text
+    assert "GREETING" in text and "(secret: content not shown)" in text
+
+
+def test_a_mode_or_owner_changed_by_hand_is_put_back(tmp_path: Path) -> None:
+    sc.apply(request(tmp_path))
+    secrets = tmp_path / "etc" / "blue.secrets.env"
+    secrets.chmod(0o644)
+    changed, changes = sc.apply(request(tmp_path))
+    assert changed and owner_mode(secrets)[2] == 0o600
+    assert [c.path for c in changes] == [str(secrets)]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"env": {"PORT": "1"}}, "beamops_env sets PORT: the collection sets"),
+        ({"secret_env": {"RELEASE_COOKIE": "x"}}, "beamops_secret_env sets RELEASE_COOKIE"),
+        ({"env": {"A": "1"}, "secret_env": {"A": "2"}}, "both beamops_env and beamops_secret_env"),
+        ({"env": {"BAD-NAME": "1"}}, "'BAD-NAME' is not a valid environment variable name"),
+        ({"env": {"X": "two\nlines"}}, "the value of X contains a newline"),
+        ({"vm_args": ["+S 2\n-eval evil"]}, "must be one line of text"),
+        ({"app_user": "no-such-user-here"}, "does not exist on the host"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_is_written(
+    tmp_path: Path, changes: dict[str, object], message: str
+) -> None:
+    with pytest.raises(sc.ConfigError, match=message):
+        sc.apply(request(tmp_path, **changes))
+    assert not (tmp_path / "etc").exists()

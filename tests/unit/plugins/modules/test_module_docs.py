@@ -1,0 +1,40 @@
+"""The new modules' documentation renders with ansible-doc and matches their argument specs."""
+
+from __future__ import annotations
+
+from ansible_collections.beamops.release.plugins.modules import (
+    release_unpack,
+    slot_config,
+)
+from ansible_collections.beamops.release.plugins.modules import slot_rollback as module
+
+from tests.unit.plugins.modules.test_slot_cutover import ansible_doc
+
+
+def test_documentation_renders_and_matches_the_argument_spec() -> None:
+    document = ansible_doc("slot_rollback")
+    options = document["doc"]["options"]
+    assert set(options) == set(module.ARGUMENT_SPEC)
+    for name, spec in module.ARGUMENT_SPEC.items():
+        assert options[name]["type"] == spec["type"], name
+        assert options[name].get("default") == spec.get("default"), name
+        assert options[name].get("required", False) == spec.get("required", False), name
+    assert {"plan", "result", "msg", "stage", "switched_back", "timings"} == set(document["return"])
+
+
+def test_slot_config_documentation_renders_and_matches_the_argument_spec() -> None:
+    document = ansible_doc("slot_config")
+    options = document["doc"]["options"]
+    assert set(options) == set(slot_config.ARGUMENT_SPEC)
+    for name, spec in slot_config.ARGUMENT_SPEC.items():
+        assert options[name]["type"] == spec["type"], name
+        assert options[name].get("default") == spec.get("default"), name
+    assert set(document["return"]) == {"changed_files"}
+
+
+def test_release_unpack_documentation_renders_and_matches_the_argument_spec() -> None:
+    document = ansible_doc("release_unpack")
+    options = document["doc"]["options"]
+    assert set(options) == set(release_unpack.ARGUMENT_SPEC)
+    assert options["src"]["required"] is True  # the action plugin's contract with users
+    assert set(document["return"]) == {"installed", "transferred", "msg", "epmd"}
