@@ -68,6 +68,7 @@ STATE_FILE_NAME = "release-state.json"
 RELEASES_DIR_NAME = "releases"
 LOCK_FILE_SUFFIX = ".lock"
 STATE_FILE_MODE = 0o644
+LOCK_FILE_MODE = 0o600
 HISTORY_LIMIT = 200
 # Free text (msg, reason) is for humans; capping it keeps one runaway error message from
 # bloating a file that every deploy reads and rewrites.
@@ -563,7 +564,7 @@ def exclusive_file_lock(path: str, timeout: float = FILE_LOCK_TIMEOUT) -> Iterat
     """Hold an exclusive flock on ``<path>.lock`` (created if needed) for a read-modify-write."""
     lock_path = lock_file_path(path)
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, STATE_FILE_MODE)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, LOCK_FILE_MODE)
     except FileNotFoundError:
         raise StateFileError(
             f"cannot create lock file {lock_path}: directory {os.path.dirname(lock_path)} does "
@@ -572,6 +573,9 @@ def exclusive_file_lock(path: str, timeout: float = FILE_LOCK_TIMEOUT) -> Iterat
     except OSError as exc:
         raise StateFileError(f"cannot open lock file {lock_path}: {exc}") from None
     try:
+        # Root's alone: anyone who can open it can flock it and hold every deploy back.
+        if os.fstat(fd).st_mode & 0o077 and os.geteuid() == os.fstat(fd).st_uid:
+            os.fchmod(fd, LOCK_FILE_MODE)
         _flock_with_timeout(fd, lock_path, timeout)
         yield
     finally:
@@ -757,6 +761,9 @@ def execute(
             after_text=text or "",
             outcome=outcome,
         )
+    if request.action == "lock" and not check_mode:
+        # Taking the deploy lock is a host's first step: its base directory may not exist yet.
+        os.makedirs(os.path.dirname(os.path.abspath(request.path)), mode=0o755, exist_ok=True)
     with _write_lock(request.path, check_mode, lock_timeout):
         before, before_text = read_state(request.path)
         after = copy.deepcopy(before)

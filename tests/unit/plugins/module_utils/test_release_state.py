@@ -10,6 +10,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import stat
 from datetime import datetime, timedelta, timezone
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
@@ -643,8 +644,23 @@ def test_check_mode_on_a_fresh_host_creates_no_files(tmp_path: Path) -> None:
     request = rs.Request(action="lock", path=str(base / "s.json"), run_id="r", holder="h")
     assert rs.execute(request, check_mode=True)["changed"] is True
     assert not base.exists()
+    # Taking the lock for real is a host's first step: it makes the base directory.
+    assert rs.execute(request)["lock"]["run_id"] == "r"
+    assert stat.S_IMODE(base.stat().st_mode) == 0o755
+    assert stat.S_IMODE((base / "s.json.lock").stat().st_mode) == 0o600
+
+
+def test_the_lock_file_is_root_s_alone(tmp_path: Path) -> None:
+    """Anyone who could open the lock file could flock it and hold every deploy back."""
+    path = tmp_path / "s.json"
+    lock_file = tmp_path / "s.json.lock"
+    lock_file.write_text("")
+    lock_file.chmod(0o644)  # as an older version left it
+    rs.execute(rs.Request(action="lock", path=str(path), run_id="r", holder="h"))
+    assert stat.S_IMODE(lock_file.stat().st_mode) == 0o600
     with pytest.raises(rs.StateFileError, match="does not exist; create base_dir"):
-        rs.execute(request)
+        rs.execute(rs.Request(action="register", path=str(tmp_path / "no" / "s.json"),
+                              version="1.0.0", sha256="a" * 64))  # fmt: skip
 
 
 def test_diff_carries_file_text_before_and_after(host: Host) -> None:
