@@ -577,7 +577,7 @@ class Cutover:
     def _ready_now(self) -> bool:
         config = self._probe_config(self.s.slot_url(self.r.slot), json_fields=self.s.json_fields)
         config.success_threshold = 2
-        config.interval = min(self.s.watch_interval, 0.5)
+        config.interval = min(self.s.watch_interval, 0.1)  # a warm slot answers at once
         config.deadline = max(self.s.probe_timeout * 3, 5.0)
         result = health_probe.run_probe(config, clock=self.clock, sleep=self.sleep)
         if not result.passed:
