@@ -881,7 +881,7 @@ def _ensure_lock_allows(ctx: _Context) -> None:
 
 def _do_lock(ctx: _Context) -> _Outcome:
     request = ctx.request
-    assert request.run_id is not None and request.holder is not None  # validated
+    run_id, holder = _required(request.run_id), _required(request.holder)  # validated before
     current = ctx.state["lock"]
     outcome = _Outcome(msg="", extra={"stolen_from": None})
     if current is not None and current["run_id"] == request.run_id:
@@ -902,11 +902,11 @@ def _do_lock(ctx: _Context) -> _Outcome:
         outcome.warnings.append(outcome.msg)
         _append_history(ctx, "lock", result="stolen", msg=outcome.msg)
     else:
-        outcome.msg = f"deploy lock acquired by {request.holder} for run {request.run_id}"
+        outcome.msg = f"deploy lock acquired by {holder} for run {run_id}"
         _append_history(ctx, "lock", result="acquired", msg=request.purpose)
     ctx.state["lock"] = {
-        "run_id": request.run_id,
-        "holder": request.holder,
+        "run_id": run_id,
+        "holder": holder,
         "purpose": request.purpose,
         "since": ctx.timestamp,
         "pid": request.pid,

@@ -130,7 +130,8 @@ def install(request: Request, check_mode: bool = False) -> Result:
 
 
 def _verify_and_unpack(request: Request, sha256: str) -> None:
-    assert request.src is not None
+    if request.src is None:
+        raise UnpackError("no tarball on the host to unpack (src)")
     actual = sha256_of(request.src)
     if actual != sha256:
         raise UnpackError(
