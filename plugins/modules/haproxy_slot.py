@@ -11,14 +11,14 @@ module: haproxy_slot
 short_description: Switch an HAProxy backend between blue-green servers without a reload
 version_added: "0.1.0"
 author:
-  - beamops.release maintainers
+  - beamops.release maintainers (@beamops)
 description:
   - Makes one server of an HAProxy backend take the traffic (O(live)) and takes the others
     (O(others)) out of rotation, through HAProxy's runtime API on its stats socket. HAProxy is
     not reloaded, so established connections and the process's state survive the switch.
   - "The module first reads C(show servers state <backend>). When the live server is already
     ready (neither of the admin flags C(FMAINT) and C(FDRAIN)) and up, and every other server
-    already is in O(others_state), it reports RV(changed=false) and sends no C(set) command."
+    already is in O(others_state), it reports C(changed=false) and sends no C(set) command."
   - "Otherwise it sends, in this order: C(set server <backend>/<live> state ready) and
     C(set server <backend>/<live> health up) (see O(force_health_up)), C(state drain) for each
     other server, an optional wait for their sessions to end (O(drain_timeout)), then

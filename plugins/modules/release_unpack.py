@@ -11,7 +11,7 @@ module: release_unpack
 short_description: Install a mix release tarball into releases/<version>, in one task
 version_added: "0.2.0"
 author:
-  - beamops.release maintainers
+  - beamops.release maintainers (@beamops)
 description:
   - Makes C(<base_dir>/releases/<version>) hold exactly the release whose sha256 is
     O(sha256), registered in the host's release state, in one task.
@@ -39,9 +39,10 @@ options:
     type: str
     required: true
   src:
-    description: The tarball on the controller (the action plugin sends it when needed).
+    description:
+      - The tarball on the controller; required (the action plugin sends it to the host when
+        needed and hands the module the copy's path).
     type: path
-    required: true
   base_dir:
     description: Holds C(releases/) and C(slots/).
     type: path
@@ -57,13 +58,18 @@ options:
   run_id:
     description: The run holding the host's deploy lock; registering is refused otherwise.
     type: str
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   action:
     support: full
+    details: The action plugin asks the host first and sends the tarball only when needed.
   check_mode:
     support: full
   diff_mode:
     support: none
+  platform:
+    platforms: posix
 """
 
 EXAMPLES = r"""

@@ -11,7 +11,7 @@ module: slot_config
 short_description: Write a slot's environment, secrets and vm.args in one call
 version_added: "0.2.0"
 author:
-  - beamops.release maintainers
+  - beamops.release maintainers (@beamops)
 description:
   - Writes C(<config_dir>/<slot>.env) (plain, root:group 0640), C(<slot>.secrets.env) (root
     only, 0600, read by systemd), C(<slot>.vm.args) (0640) and the slot's working directory
@@ -63,12 +63,16 @@ options:
     type: list
     elements: str
     default: []
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: partial
     details: The secrets file's content is never part of the diff.
+  platform:
+    platforms: posix
 """
 
 EXAMPLES = r"""

@@ -11,7 +11,7 @@ module: slot_cutover
 short_description: Blue-green cutover of one host in one call, switching back at proxy speed
 version_added: "0.2.0"
 author:
-  - beamops.release maintainers
+  - beamops.release maintainers (@beamops)
 description:
   - Activates an installed release in the idle slot of a host and moves the proxy to it,
     doing every step that must be fast on the host itself, in this one module call.
@@ -177,11 +177,15 @@ notes:
   - Runs as root on the managed host; needs systemd, and nginx or HAProxy configured by the
     C(beamops.release.traffic_switch) role.
   - Check mode reports what would happen and changes nothing.
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: none
+  platform:
+    platforms: posix
 """
 
 EXAMPLES = r"""

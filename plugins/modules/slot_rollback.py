@@ -11,7 +11,7 @@ module: slot_rollback
 short_description: Roll one host back to a good release, gated and watched, in one call
 version_added: "0.2.0"
 author:
-  - beamops.release maintainers
+  - beamops.release maintainers (@beamops)
 description:
   - Plans a rollback from the host's release state - O(to), or the most recently activated
     good release other than the active one - and, unless O(plan_only), takes the host's deploy
@@ -51,11 +51,15 @@ options:
     description: Name used in messages (the inventory host).
     type: str
     default: ""
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: none
+  platform:
+    platforms: posix
 """
 
 EXAMPLES = r"""
