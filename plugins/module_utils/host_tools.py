@@ -20,16 +20,23 @@ import os
 import pkgutil
 from typing import List, Optional
 
-# Imported so that Ansible bundles them (and what they import) into the module's payload,
-# from which install() copies them: the payload holds only the module_utils a module imports.
-from ansible_collections.beamops.release.plugins.module_utils import (  # noqa: F401
+# Imported so that Ansible bundles them into the module's payload, from which install()
+# copies them: a payload holds only the module_utils a module imports.
+from ansible_collections.beamops.release.plugins.module_utils import (
+    cutover,
+    haproxy_runtime,
+    health_probe,
+    release_state,
     rollback,
 )
 
-PACKAGE = "ansible_collections.beamops.release.plugins.module_utils"
 # What the rollback command imports, and what those import.
-SHARED_FILES = ("cutover.py", "haproxy_runtime.py", "health_probe.py", "release_state.py",
-                "rollback.py")  # fmt: skip
+SHARED_FILES = tuple(
+    f"{module.__name__.rsplit('.', 1)[-1]}.py"
+    for module in (cutover, haproxy_runtime, health_probe, release_state, rollback)
+)
+
+PACKAGE = "ansible_collections.beamops.release.plugins.module_utils"
 COMMAND_DIR = "/usr/local/bin"
 
 COMMAND_TEMPLATE = """#!/usr/bin/python3

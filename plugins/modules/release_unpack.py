@@ -60,10 +60,13 @@ options:
     type: str
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.flow
 attributes:
   action:
     support: full
     details: The action plugin asks the host first and sends the tarball only when needed.
+  async:
+    support: none
   check_mode:
     support: full
   diff_mode:
