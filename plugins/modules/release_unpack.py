@@ -67,6 +67,8 @@ attributes:
     details: The action plugin asks the host first and sends the tarball only when needed.
   async:
     support: none
+  bypass_host_loop:
+    support: none
   check_mode:
     support: full
   diff_mode:
