@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from ansible_collections.beamops.release.plugins.modules import (
+    proxy_setup,
     release_unpack,
     slot_config,
+    systemd_units,
 )
 from ansible_collections.beamops.release.plugins.modules import slot_rollback as module
 
@@ -38,3 +40,15 @@ def test_release_unpack_documentation_renders_and_matches_the_argument_spec() ->
     assert set(options) == set(release_unpack.ARGUMENT_SPEC)
     assert "required" in " ".join(options["src"]["description"])  # the action plugin checks it
     assert set(document["return"]) == {"installed", "transferred", "msg", "epmd"}
+
+
+def test_systemd_units_and_proxy_setup_documentation_matches_the_argument_spec() -> None:
+    for name, spec in (
+        ("systemd_units", systemd_units.ARGUMENT_SPEC),
+        ("proxy_setup", proxy_setup.ARGUMENT_SPEC),
+    ):
+        options = ansible_doc(name)["doc"]["options"]
+        assert set(options) == set(spec), name
+        for option, wanted in spec.items():
+            assert options[option]["type"] == wanted["type"], (name, option)
+            assert options[option].get("default") == wanted.get("default"), (name, option)

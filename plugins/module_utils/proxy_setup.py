@@ -1,0 +1,183 @@
+# Copyright: contributors to beamops.release
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The per-host proxy's configuration for one app, in one call; it moves no traffic.
+
+nginx: the site (rewritten when it differs) and the upstream file (created once; from then
+on slot_cutover owns it). HAProxy: the live map (created once, then slot_cutover's) and
+haproxy.cfg (checked with ``haproxy -c`` before it replaces the old one).
+
+When a file changed, the other proxy gives up the port (Debian's default nginx site, this
+app's nginx site, a HAProxy this collection configured), the configuration is validated
+(a rejected nginx site is put back) and the proxy reloads. Either way it ends enabled and
+running. Pure standard library, Python 3.8+.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+from typing import Callable, List, Optional, Sequence, Tuple
+
+from ansible_collections.beamops.release.plugins.module_utils.cutover import (
+    run_command,
+    write_if_changed,
+)
+
+Run = Callable[[Sequence[str], float], "subprocess.CompletedProcess[str]"]
+# path, wanted text, written only when the file is missing (then slot_cutover owns it)
+FileSpec = Tuple[str, str, bool]
+HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
+NGINX_DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
+# haproxy.cfg written by this collection says so in its first lines.
+OURS_MARK = "Per-host proxy for"
+
+
+class ProxySetupError(Exception):
+    """The proxy refused its configuration; the previous one is in place."""
+
+
+@dataclasses.dataclass
+class Request:
+    proxy: str
+    nginx_site_file: str
+    nginx_upstream_file: str
+    haproxy_map_file: str
+    site: str = ""  # nginx site text
+    upstream: str = ""  # nginx upstream text, written only when the file is missing
+    haproxy_cfg: str = ""
+    live_map: str = ""  # HAProxy map text, written only when the file is missing
+    disable_default_site: bool = True
+    haproxy_cfg_path: str = HAPROXY_CFG
+
+
+@dataclasses.dataclass
+class Result:
+    changed: bool = False
+    written: List[str] = dataclasses.field(default_factory=list)
+    actions: List[str] = dataclasses.field(default_factory=list)
+
+
+class ProxySetup:
+    def __init__(self, request: Request, run: Run = run_command) -> None:
+        self.r = request
+        self.run = run
+        self.result = Result()
+
+    def apply(self, check_mode: bool = False) -> Result:
+        if self.r.proxy not in ("nginx", "haproxy"):
+            raise ProxySetupError(f"beamops_proxy must be nginx or haproxy, got {self.r.proxy!r}")
+        wanted = self._files()
+        pending = [spec for spec in wanted if self._differs(*spec)]
+        if check_mode:
+            self.result.written = [path for path, _, _ in pending]
+            self.result.changed = bool(pending)
+            return self.result
+        if pending:
+            self._write(pending)
+        self._ensure_running()
+        return self.result
+
+    def _files(self) -> List[FileSpec]:
+        if self.r.proxy == "nginx":
+            return [
+                (self.r.nginx_site_file, self.r.site, False),
+                (self.r.nginx_upstream_file, self.r.upstream, True),
+            ]
+        return [
+            (self.r.haproxy_map_file, self.r.live_map, True),
+            (self.r.haproxy_cfg_path, self.r.haproxy_cfg, False),
+        ]
+
+    @staticmethod
+    def _differs(path: str, text: str, create_only: bool) -> bool:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return not create_only and handle.read() != text
+        except OSError:
+            return True
+
+    def _write(self, pending: List[FileSpec]) -> None:
+        new_cfg = next((text for path, text, _ in pending if path == self.r.haproxy_cfg_path), None)
+        if self.r.proxy == "haproxy" and new_cfg is not None:
+            self._check_haproxy(new_cfg)
+        self._free_port()
+        previous = {path: _read(path) for path, _, _ in pending}
+        for path, text, _ in pending:
+            write_if_changed(path, text, 0o644)
+            self.result.written.append(path)
+        self.result.changed = True
+        if self.r.proxy == "nginx":
+            test = self.run(["nginx", "-t", "-q"], 30)
+            if test.returncode != 0:
+                for path, before in previous.items():
+                    if before is None:
+                        os.unlink(path)
+                    else:
+                        write_if_changed(path, before, 0o644)
+                raise ProxySetupError(
+                    "nginx rejected the configuration of this app "
+                    f"({(test.stderr or test.stdout).strip()}); the previous one was put back "
+                    "and traffic was not moved"
+                )
+        self._systemctl("reload-or-restart", f"{self.r.proxy}.service")
+
+    def _check_haproxy(self, text: str) -> None:
+        temp = f"{self.r.haproxy_cfg_path}.beamops-check"
+        write_if_changed(temp, text, 0o644)
+        try:
+            check = self.run(["haproxy", "-c", "-q", "-f", temp], 30)
+        finally:
+            os.unlink(temp)
+        if check.returncode != 0:
+            why = (check.stderr or check.stdout).strip()
+            raise ProxySetupError(
+                f"haproxy -c rejected the new haproxy.cfg ({why}); the previous one is in place "
+                "and traffic was not moved"
+            )
+
+    def _free_port(self) -> None:
+        """One proxy per host owns the port: the one not chosen gives it up."""
+        if self.r.proxy == "nginx":
+            if self.r.disable_default_site and os.path.lexists(NGINX_DEFAULT_SITE):
+                os.unlink(NGINX_DEFAULT_SITE)
+                self.result.actions.append("removed Debian's default nginx site")
+            cfg = _read(self.r.haproxy_cfg_path) or ""
+            if OURS_MARK in cfg and self._active("haproxy.service"):
+                self._systemctl("disable", "--now", "haproxy.service")
+                self.result.actions.append("stopped the HAProxy this collection configured")
+            return
+        removed = False
+        for path in (self.r.nginx_site_file, self.r.nginx_upstream_file):
+            if os.path.lexists(path):
+                os.unlink(path)
+                removed = True
+        if removed and self._active("nginx.service"):
+            self.run(["systemctl", "reload", "nginx.service"], 60)
+            self.result.actions.append("removed this app's nginx site")
+
+    def _ensure_running(self) -> None:
+        unit = f"{self.r.proxy}.service"
+        if self.run(["systemctl", "is-enabled", "--quiet", unit], 10).returncode != 0:
+            self._systemctl("enable", unit)
+            self.result.changed = True
+        if not self._active(unit):
+            self._systemctl("start", unit)
+            self.result.actions.append(f"started {unit}")
+            self.result.changed = True
+
+    def _active(self, unit: str) -> bool:
+        return self.run(["systemctl", "is-active", "--quiet", unit], 10).returncode == 0
+
+    def _systemctl(self, *args: str) -> None:
+        done = self.run(["systemctl", *args], 120)
+        if done.returncode != 0:
+            raise ProxySetupError(f"systemctl {' '.join(args)} failed: {done.stderr.strip()}")
+
+
+def _read(path: str) -> Optional[str]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError:
+        return None

@@ -1,0 +1,96 @@
+"""proxy_setup against real files in a temporary tree; nginx, haproxy and systemctl recorded.
+The real proxies are proven on the test hosts by the deploy scenario (both proxies)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ansible_collections.beamops.release.plugins.module_utils import proxy_setup as ps
+
+from tests.unit.plugins.module_utils.test_cutover import Commands
+
+
+def nginx(tmp_path: Path, **changes: Any) -> ps.Request:
+    made = ps.Request(
+        proxy="nginx",
+        nginx_site_file=str(tmp_path / "app.conf"),
+        nginx_upstream_file=str(tmp_path / "app.upstream"),
+        haproxy_map_file=str(tmp_path / "app-live.map"),
+        site="server {}\n",
+        upstream="upstream app_live {}\n",
+        haproxy_cfg="global\n",
+        live_map="live app_blue\n",
+        haproxy_cfg_path=str(tmp_path / "haproxy.cfg"),
+    )
+    for key, value in changes.items():
+        setattr(made, key, value)
+    return made
+
+
+def test_nginx_first_setup_writes_tests_reloads_and_a_rerun_does_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ps, "NGINX_DEFAULT_SITE", str(tmp_path / "default"))
+    (tmp_path / "default").write_text("default site\n")
+    (tmp_path / "haproxy.cfg").write_text("# Per-host proxy for app\n")
+    commands = Commands()
+    result = ps.ProxySetup(nginx(tmp_path), commands).apply()
+    assert result.changed and len(result.written) == 2
+    assert not (tmp_path / "default").exists()
+    assert commands.ran("nginx", "-t", "-q")
+    assert commands.ran("systemctl", "reload-or-restart", "nginx.service")
+    assert commands.ran("systemctl", "disable", "--now", "haproxy.service")
+    again = Commands()
+    assert ps.ProxySetup(nginx(tmp_path), again).apply() == ps.Result()
+    assert not again.ran("nginx", "-t", "-q")
+
+
+def test_the_upstream_is_slot_cutover_s_once_it_exists(tmp_path: Path) -> None:
+    (tmp_path / "app.upstream").write_text("# live slot: green; fallback: blue\n")
+    ps.ProxySetup(nginx(tmp_path), Commands()).apply()
+    assert (tmp_path / "app.upstream").read_text() == "# live slot: green; fallback: blue\n"
+
+
+def test_a_site_nginx_rejects_is_put_back(tmp_path: Path) -> None:
+    (tmp_path / "app.conf").write_text("old site\n")
+    (tmp_path / "app.upstream").write_text("upstream\n")
+    commands = Commands({("nginx", "-t"): (1, "")})
+    with pytest.raises(ps.ProxySetupError, match="nginx rejected"):
+        ps.ProxySetup(nginx(tmp_path), commands).apply()
+    assert (tmp_path / "app.conf").read_text() == "old site\n"
+    assert not commands.ran("systemctl", "reload-or-restart", "nginx.service")
+
+
+def test_haproxy_checks_the_new_config_before_it_replaces_the_old(tmp_path: Path) -> None:
+    (tmp_path / "haproxy.cfg").write_text("old cfg\n")
+    (tmp_path / "app.conf").write_text("this app's nginx site\n")
+    refused = Commands({("haproxy", "-c"): (1, "")})
+    request = nginx(tmp_path, proxy="haproxy")
+    with pytest.raises(ps.ProxySetupError, match="haproxy -c rejected"):
+        ps.ProxySetup(request, refused).apply()
+    assert (tmp_path / "haproxy.cfg").read_text() == "old cfg\n"
+    assert (tmp_path / "app.conf").exists(), "the port was given up for a config never applied"
+    accepted = Commands()
+    result = ps.ProxySetup(request, accepted).apply()
+    assert (tmp_path / "haproxy.cfg").read_text() == "global\n"
+    assert (tmp_path / "app-live.map").read_text() == "live app_blue\n"
+    assert not (tmp_path / "app.conf").exists()
+    assert accepted.ran("systemctl", "reload-or-restart", "haproxy.service")
+    assert result.changed
+
+
+def test_check_mode_says_what_would_be_written_and_writes_nothing(tmp_path: Path) -> None:
+    commands = Commands()
+    result = ps.ProxySetup(nginx(tmp_path), commands).apply(check_mode=True)
+    assert result.changed and len(result.written) == 2
+    assert not (tmp_path / "app.conf").exists() and commands.seen == []
+
+
+def test_a_stopped_proxy_is_started_and_enabled(tmp_path: Path) -> None:
+    ps.ProxySetup(nginx(tmp_path), Commands()).apply()
+    stopped = Commands({("systemctl", "is-active"): (3, ""), ("systemctl", "is-enabled"): (1, "")})
+    result = ps.ProxySetup(nginx(tmp_path), stopped).apply()
+    assert result.changed and "started nginx.service" in result.actions
+    assert stopped.ran("systemctl", "enable", "nginx.service")
