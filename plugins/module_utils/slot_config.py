@@ -53,11 +53,14 @@ class FileChange:
     after: str
 
 
-def _ids(request: Request) -> Tuple[int, int]:
+def _ids(request: Request, check_mode: bool) -> Tuple[int, int]:
     try:
         uid = pwd.getpwnam(request.app_user).pw_uid
         gid = grp.getgrnam(request.app_group).gr_gid
     except KeyError as exc:
+        if check_mode:
+            # A check run on a fresh host: the account is not made yet, everything would change.
+            return -1, -1
         raise ConfigError(
             f"beamops_app_user {request.app_user!r} or beamops_app_group {request.app_group!r} "
             "does not exist on the host (the release_install role creates them)"
@@ -154,7 +157,7 @@ def _ensure_dir(path: str, uid: int, gid: int, mode: int, check_mode: bool) -> b
 def apply(request: Request, check_mode: bool = False) -> Tuple[bool, List[FileChange]]:
     """Write what differs; return (anything changed, the files that changed)."""
     check(request)
-    uid, gid = _ids(request)
+    uid, gid = _ids(request, check_mode)
     files = render(request)  # refuses a bad name or value before anything is written
     changed = _ensure_dir(request.config_dir, 0, gid, 0o750, check_mode)
     workdir = os.path.join(request.state_dir, request.slot)

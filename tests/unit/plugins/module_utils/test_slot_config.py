@@ -102,3 +102,10 @@ def test_bad_settings_are_refused_before_anything_is_written(
     with pytest.raises(sc.ConfigError, match=message):
         sc.apply(request(tmp_path, **changes))
     assert not (tmp_path / "etc").exists()
+
+
+def test_check_mode_on_a_fresh_host_without_the_account_reports_changes(tmp_path: Path) -> None:
+    fresh = request(tmp_path, app_user="no-such-user-yet", app_group="no-such-group-yet")
+    changed, changes = sc.apply(fresh, check_mode=True)
+    assert changed and len(changes) == 3
+    assert not (tmp_path / "etc").exists()
