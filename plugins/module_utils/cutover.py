@@ -30,6 +30,9 @@ from ansible_collections.beamops.release.plugins.module_utils import (
     health_probe,
     release_state,
 )
+from ansible_collections.beamops.release.plugins.module_utils.atomic_file import (
+    write_if_changed,
+)
 
 SLOTS: Tuple[str, ...] = ("blue", "green")
 PROXIES: Tuple[str, ...] = ("nginx", "haproxy")
@@ -166,24 +169,6 @@ def load_settings(path: str) -> Settings:
         raise CutoverError(
             f"cannot read the cutover settings {path} ({exc}); a deploy writes them"
         ) from exc
-
-
-def write_if_changed(path: str, text: str, mode: int) -> bool:
-    """Atomic replace (temp file, fsync, rename) unless the file already holds `text`."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            if handle.read() == text:
-                return False
-    except OSError:
-        pass
-    temp = f"{path}.beamops-tmp"
-    with open(temp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(temp, mode)
-    os.replace(temp, path)
-    return True
 
 
 # --------------------------------------------------------------------------- proxies

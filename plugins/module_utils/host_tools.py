@@ -23,6 +23,7 @@ from typing import List, Optional
 # Imported so that Ansible bundles them into the module's payload, from which install()
 # copies them: a payload holds only the module_utils a module imports.
 from ansible_collections.beamops.release.plugins.module_utils import (
+    atomic_file,
     cutover,
     haproxy_runtime,
     health_probe,
@@ -33,7 +34,7 @@ from ansible_collections.beamops.release.plugins.module_utils import (
 # What the rollback command imports, and what those import.
 SHARED_FILES = tuple(
     f"{module.__name__.rsplit('.', 1)[-1]}.py"
-    for module in (cutover, haproxy_runtime, health_probe, release_state, rollback)
+    for module in (atomic_file, cutover, haproxy_runtime, health_probe, release_state, rollback)
 )
 
 PACKAGE = "ansible_collections.beamops.release.plugins.module_utils"
@@ -71,26 +72,6 @@ def source_of(name: str) -> bytes:
         raise OSError(f"cannot read {name} of the collection's module_utils ({exc})") from exc
 
 
-def write_bytes_if_changed(path: str, data: bytes, mode: int) -> bool:
-    """Atomic replace unless `path` already holds `data` with `mode`."""
-    try:
-        with open(path, "rb") as handle:
-            same = handle.read() == data
-        if same and (os.stat(path).st_mode & 0o7777) == mode:
-            return False
-    except OSError:
-        pass
-    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-    temp = f"{path}.beamops-tmp"
-    with open(temp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(temp, mode)
-    os.replace(temp, path)
-    return True
-
-
 def command_path(app: str) -> str:
     return os.path.join(COMMAND_DIR, f"{app}-rollback")
 
@@ -110,7 +91,7 @@ def install(helper_dir: str, app: str, config_dir: str) -> List[str]:
         app=app, python_dir=python_dir, config_dir=config_dir, prog=f"{app}-rollback"
     )
     wanted.append((command_path(app), command.encode(), 0o755))
-    return [path for path, data, mode in wanted if write_bytes_if_changed(path, data, mode)]
+    return [path for path, data, mode in wanted if atomic_file.write_if_changed(path, data, mode)]
 
 
 def installed_command(app: str) -> Optional[str]:

@@ -19,10 +19,10 @@ import os
 import subprocess
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from ansible_collections.beamops.release.plugins.module_utils.cutover import (
-    run_command,
+from ansible_collections.beamops.release.plugins.module_utils.atomic_file import (
     write_if_changed,
 )
+from ansible_collections.beamops.release.plugins.module_utils.cutover import run_command
 
 Run = Callable[[Sequence[str], float], "subprocess.CompletedProcess[str]"]
 # path, wanted text, written only when the file is missing (then slot_cutover owns it)

@@ -83,6 +83,9 @@ import subprocess  # noqa: E402
 from typing import Any, Dict, List, Optional  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.beamops.release.plugins.module_utils.atomic_file import (  # noqa: E402
+    write_if_changed,
+)
 
 UNIT_NAME = re.compile(r"[A-Za-z0-9@._-]+\.(service|socket|timer|target|path)")
 
@@ -107,16 +110,6 @@ def read(path: str) -> Optional[str]:
             return handle.read()
     except OSError:
         return None
-
-
-def write(path: str, text: str) -> None:
-    temp = f"{path}.beamops-tmp"
-    with open(temp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(temp, 0o644)
-    os.replace(temp, path)
 
 
 def systemctl(module: AnsibleModule, *args: str) -> subprocess.CompletedProcess[str]:
@@ -146,7 +139,7 @@ def main() -> None:
         diffs.append({"before_header": path, "after_header": path,
                       "before": before or "", "after": unit["content"]})  # fmt: skip
         if not module.check_mode:
-            write(path, unit["content"])
+            write_if_changed(path, unit["content"], 0o644)
     started: List[str] = []
     if not module.check_mode:
         if changed:
