@@ -98,14 +98,19 @@ class ProxySetup:
             return True
 
     def _write(self, pending: List[FileSpec]) -> None:
-        new_cfg = next((text for path, text, _ in pending if path == self.r.haproxy_cfg_path), None)
+        previous = {path: _read(path) for path, _, _ in pending}
+        # The files written once (the map, the upstream) go first: `haproxy -c` loads the map.
+        first = [spec for spec in pending if spec[2]]
+        then = [spec for spec in pending if not spec[2]]
+        for path, text, _ in first:
+            write_if_changed(path, text, 0o644)
+        new_cfg = next((text for path, text, _ in then if path == self.r.haproxy_cfg_path), None)
         if self.r.proxy == "haproxy" and new_cfg is not None:
             self._check_haproxy(new_cfg)
         self._free_port()
-        previous = {path: _read(path) for path, _, _ in pending}
-        for path, text, _ in pending:
+        for path, text, _ in then:
             write_if_changed(path, text, 0o644)
-            self.result.written.append(path)
+        self.result.written = [path for path, _, _ in first + then]
         self.result.changed = True
         if self.r.proxy == "nginx":
             test = self.run(["nginx", "-t", "-q"], 30)
@@ -126,7 +131,7 @@ class ProxySetup:
         temp = f"{self.r.haproxy_cfg_path}.beamops-check"
         write_if_changed(temp, text, 0o644)
         try:
-            check = self.run(["haproxy", "-c", "-q", "-f", temp], 30)
+            check = self.run(["haproxy", "-c", "-f", temp], 30)
         finally:
             os.unlink(temp)
         if check.returncode != 0:

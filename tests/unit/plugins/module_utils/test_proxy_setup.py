@@ -3,10 +3,13 @@ The real proxies are proven on the test hosts by the deploy scenario (both proxi
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pytest
+from ansible_collections.beamops.release.plugins.module_utils import cutover as co
 from ansible_collections.beamops.release.plugins.module_utils import proxy_setup as ps
 
 from tests.unit.plugins.module_utils.test_cutover import Commands
@@ -70,6 +73,8 @@ def test_haproxy_checks_the_new_config_before_it_replaces_the_old(tmp_path: Path
     request = nginx(tmp_path, proxy="haproxy")
     with pytest.raises(ps.ProxySetupError, match="haproxy -c rejected"):
         ps.ProxySetup(request, refused).apply()
+    # The map is in place before the check: haproxy -c loads it.
+    assert (tmp_path / "app-live.map").read_text() == "live app_blue\n"
     assert (tmp_path / "haproxy.cfg").read_text() == "old cfg\n"
     assert (tmp_path / "app.conf").exists(), "the port was given up for a config never applied"
     accepted = Commands()
@@ -94,3 +99,27 @@ def test_a_stopped_proxy_is_started_and_enabled(tmp_path: Path) -> None:
     result = ps.ProxySetup(nginx(tmp_path), stopped).apply()
     assert result.changed and "started nginx.service" in result.actions
     assert stopped.ran("systemctl", "enable", "nginx.service")
+
+
+def test_a_fresh_host_s_haproxy_cfg_passes_the_real_haproxy_check(tmp_path: Path) -> None:
+    """haproxy -c loads the map the frontend names: it must exist before the check."""
+    if shutil.which("haproxy") is None:
+        pytest.skip("haproxy is not installed on this machine")
+    live_map = tmp_path / "app-live.map"
+    cfg = (
+        "defaults\n    mode http\n    timeout connect 1s\n    timeout client 1s\n"
+        "    timeout server 1s\n"
+        "frontend app\n    bind 127.0.0.1:18081\n"
+        f"    use_backend %[str(live),map({live_map},app_blue)]\n"
+        "backend app_blue\n    server blue 127.0.0.1:1\n"
+    )
+    request = nginx(tmp_path, proxy="haproxy", haproxy_cfg=cfg)
+
+    def real_haproxy(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        if argv[0] == "haproxy":
+            return co.run_command(argv, timeout)
+        return Commands()(argv, timeout)
+
+    result = ps.ProxySetup(request, real_haproxy).apply()
+    assert str(tmp_path / "haproxy.cfg") in result.written
+    assert live_map.read_text() == "live app_blue\n"
