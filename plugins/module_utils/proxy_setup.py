@@ -17,8 +17,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
+import time
 from typing import Callable, List, Optional, Sequence, Tuple
 
+from ansible_collections.beamops.release.plugins.module_utils import haproxy_runtime
 from ansible_collections.beamops.release.plugins.module_utils.atomic_file import (
     write_if_changed,
 )
@@ -48,6 +50,7 @@ class Request:
     haproxy_cfg: str = ""
     live_map: str = ""  # HAProxy map text, written only when the file is missing
     disable_default_site: bool = True
+    haproxy_socket: str = "/run/haproxy/admin.sock"
     haproxy_cfg_path: str = HAPROXY_CFG
 
 
@@ -126,6 +129,28 @@ class ProxySetup:
                     "and traffic was not moved"
                 )
         self._systemctl("reload-or-restart", f"{self.r.proxy}.service")
+        if self.r.proxy == "haproxy":
+            self._wait_for_haproxy_map()
+
+    def _wait_for_haproxy_map(self, seconds: float = 10.0) -> None:
+        """Debian's HAProxy reload only signals the master and returns: the new configuration
+        may still fail to load (a port in use) while the old one keeps running. It has loaded
+        when the runtime API knows this app's map."""
+        client = haproxy_runtime.RuntimeClient(self.r.haproxy_socket, 2.0)
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                if self.r.haproxy_map_file in client.send("show map"):
+                    return
+            except haproxy_runtime.RuntimeApiError:
+                pass  # the new worker is still taking over the socket
+            if time.monotonic() > deadline:
+                raise ProxySetupError(
+                    f"HAProxy did not load the new configuration within {seconds:.0f}s (its "
+                    f"runtime API does not know {self.r.haproxy_map_file}); the old one keeps "
+                    "running; see `journalctl -u haproxy` (a port in use?)"
+                )
+            time.sleep(0.1)
 
     def _check_haproxy(self, text: str) -> None:
         temp = f"{self.r.haproxy_cfg_path}.beamops-check"
@@ -142,17 +167,19 @@ class ProxySetup:
             )
 
     def _free_port(self) -> None:
-        """One proxy per host owns the port: the one not chosen gives it up."""
+        """One proxy per host owns the port: the one not chosen gives it up. Debian's default
+        nginx site listens on port 80 too, whichever proxy is chosen."""
+        removed = False
+        if self.r.disable_default_site and os.path.lexists(NGINX_DEFAULT_SITE):
+            os.unlink(NGINX_DEFAULT_SITE)
+            removed = True
+            self.result.actions.append("removed Debian's default nginx site")
         if self.r.proxy == "nginx":
-            if self.r.disable_default_site and os.path.lexists(NGINX_DEFAULT_SITE):
-                os.unlink(NGINX_DEFAULT_SITE)
-                self.result.actions.append("removed Debian's default nginx site")
             cfg = _read(self.r.haproxy_cfg_path) or ""
             if OURS_MARK in cfg and self._active("haproxy.service"):
                 self._systemctl("disable", "--now", "haproxy.service")
                 self.result.actions.append("stopped the HAProxy this collection configured")
             return
-        removed = False
         for path in (self.r.nginx_site_file, self.r.nginx_upstream_file):
             if os.path.lexists(path):
                 os.unlink(path)

@@ -59,6 +59,13 @@ options:
     description: Remove Debian's default nginx site, which also listens on port 80.
     type: bool
     default: true
+  haproxy_socket:
+    description:
+      - HAProxy's runtime API socket. After a reload the module waits until HAProxy knows
+        O(haproxy_map_file) there, so a configuration that failed to load is an error, not a
+        silent no-op.
+    type: path
+    default: /run/haproxy/admin.sock
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:
@@ -115,6 +122,7 @@ ARGUMENT_SPEC: Dict[str, Dict[str, Any]] = {
     "haproxy_cfg": {"type": "str", "default": ""},
     "live_map": {"type": "str", "default": ""},
     "disable_default_site": {"type": "bool", "default": True},
+    "haproxy_socket": {"type": "path", "default": "/run/haproxy/admin.sock"},
 }
 
 

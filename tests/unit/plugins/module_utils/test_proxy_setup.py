@@ -6,13 +6,34 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, List, Sequence
 
 import pytest
 from ansible_collections.beamops.release.plugins.module_utils import cutover as co
+from ansible_collections.beamops.release.plugins.module_utils import haproxy_runtime
 from ansible_collections.beamops.release.plugins.module_utils import proxy_setup as ps
 
 from tests.unit.plugins.module_utils.test_cutover import Commands
+
+
+class RuntimeApi:
+    """Stands in for HAProxy's runtime API: `show map` lists the maps it loaded."""
+
+    loaded: ClassVar[List[str]] = []
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self.path = path
+
+    def send(self, command: str) -> str:
+        assert command == "show map"
+        return "".join(f"-1 ({name}) entries\n" for name in self.loaded)
+
+
+@pytest.fixture
+def runtime_api(monkeypatch: pytest.MonkeyPatch) -> type[RuntimeApi]:
+    monkeypatch.setattr(haproxy_runtime, "RuntimeClient", RuntimeApi)
+    RuntimeApi.loaded = []
+    return RuntimeApi
 
 
 def nginx(tmp_path: Path, **changes: Any) -> ps.Request:
@@ -66,7 +87,10 @@ def test_a_site_nginx_rejects_is_put_back(tmp_path: Path) -> None:
     assert not commands.ran("systemctl", "reload-or-restart", "nginx.service")
 
 
-def test_haproxy_checks_the_new_config_before_it_replaces_the_old(tmp_path: Path) -> None:
+def test_haproxy_checks_the_new_config_before_it_replaces_the_old(
+    tmp_path: Path, runtime_api: type[RuntimeApi]
+) -> None:
+    runtime_api.loaded = [str(tmp_path / "app-live.map")]
     (tmp_path / "haproxy.cfg").write_text("old cfg\n")
     (tmp_path / "app.conf").write_text("this app's nginx site\n")
     refused = Commands({("haproxy", "-c"): (1, "")})
@@ -101,8 +125,11 @@ def test_a_stopped_proxy_is_started_and_enabled(tmp_path: Path) -> None:
     assert stopped.ran("systemctl", "enable", "nginx.service")
 
 
-def test_a_fresh_host_s_haproxy_cfg_passes_the_real_haproxy_check(tmp_path: Path) -> None:
+def test_a_fresh_host_s_haproxy_cfg_passes_the_real_haproxy_check(
+    tmp_path: Path, runtime_api: type[RuntimeApi]
+) -> None:
     """haproxy -c loads the map the frontend names: it must exist before the check."""
+    runtime_api.loaded = [str(tmp_path / "app-live.map")]
     if shutil.which("haproxy") is None:
         pytest.skip("haproxy is not installed on this machine")
     live_map = tmp_path / "app-live.map"
@@ -123,3 +150,30 @@ def test_a_fresh_host_s_haproxy_cfg_passes_the_real_haproxy_check(tmp_path: Path
     result = ps.ProxySetup(request, real_haproxy).apply()
     assert str(tmp_path / "haproxy.cfg") in result.written
     assert live_map.read_text() == "live app_blue\n"
+
+
+def test_a_reload_haproxy_did_not_load_is_an_error(
+    tmp_path: Path, runtime_api: type[RuntimeApi], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Debian's reload returns at once; a config that fails to load (port in use) leaves the
+    old one running, which the runtime API shows: the map is unknown."""
+    runtime_api.loaded = ["/etc/haproxy/other.map"]
+    setup = ps.ProxySetup(nginx(tmp_path, proxy="haproxy"), Commands())
+    monkeypatch.setattr(
+        setup, "_wait_for_haproxy_map", lambda: setup.__class__._wait_for_haproxy_map(setup, 0.3)
+    )
+    with pytest.raises(ps.ProxySetupError, match="HAProxy did not load the new configuration"):
+        setup.apply()
+
+
+def test_debian_s_default_nginx_site_goes_for_haproxy_too(
+    tmp_path: Path, runtime_api: type[RuntimeApi], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ps, "NGINX_DEFAULT_SITE", str(tmp_path / "default"))
+    (tmp_path / "default").write_text("listen 80 default_server;\n")
+    runtime_api.loaded = [str(tmp_path / "app-live.map")]
+    commands = Commands()
+    result = ps.ProxySetup(nginx(tmp_path, proxy="haproxy"), commands).apply()
+    assert not (tmp_path / "default").exists()
+    assert "removed Debian's default nginx site" in result.actions
+    assert commands.ran("systemctl", "reload", "nginx.service")
