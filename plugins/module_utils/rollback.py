@@ -37,8 +37,11 @@ class Plan:
     from_version: str
     warm: bool  # the idle slot already runs `version`: a rollback is a switch
     configured: bool  # the idle slot has its environment files (needed to start it)
+    noop: bool = False  # the release asked for is already active: nothing to do
 
     def describe(self) -> str:
+        if self.noop:
+            return f"{self.version} is already active on slot {self.from_slot}: nothing to do"
         how = "switch to the warm slot" if self.warm else "start it through its gate, then switch"
         return (
             f"roll back from {self.from_version} (slot {self.from_slot}) to {self.version} "
@@ -68,7 +71,8 @@ def make_plan(
             f"rollback_to={version} is not installed here (installed: {', '.join(installed)})"
         )
     if version == active_version:
-        raise cutover.CutoverError(f"{version} is already active on slot {active_slot}")
+        # Asked for by name across a fleet, some hosts may already run it: not an error.
+        return Plan(version, active_slot, active_slot, active_version, True, True, noop=True)
     slot = view["idle_slot"]
     link = os.path.join(settings.base_dir, "slots", slot)
     release_dir = os.path.join(settings.base_dir, "releases", version)
@@ -105,6 +109,8 @@ def roll_back(
     run: cutover.Run = cutover.run_command,
 ) -> cutover.Outcome:
     """Under the host's deploy lock: cut over to `plan`, then mark the release left bad."""
+    if plan.noop:
+        return cutover.Outcome(result="unchanged", stage="done", msg=plan.describe())
     if not (plan.warm or plan.configured):
         raise cutover.CutoverError(
             f"slot {plan.slot} has no configuration on this host; roll back with rollback.yml, "
@@ -192,7 +198,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "rollback") -> int:
     for warning in outcome.warnings:
         print(f"{prog}: warning: {warning}", file=sys.stderr)
     print(f"{prog}: {outcome.msg} ({_timings(outcome.timings)})", flush=True)
-    return 0 if outcome.result == "ok" else 1
+    return 1 if outcome.result == "failed" else 0
 
 
 def _timings(timings: Dict[str, Any]) -> str:

@@ -78,7 +78,8 @@ plan:
   returned: always
   type: dict
 result:
-  description: C(ok), C(failed) (traffic stayed or went back where it was), or C(planned).
+  description: C(ok), C(failed) (traffic stayed or went back where it was), C(unchanged) (the
+    release asked for is already active), or C(planned).
   returned: always
   type: str
 msg:

@@ -65,12 +65,20 @@ def test_a_warm_slot_makes_the_plan_a_switch(settings: co.Settings) -> None:
     ("to", "message"),
     [
         ("9.9.9", r"rollback_to=9\.9\.9 is not installed here \(installed: 0\.1\.0, 0\.2\.0\)"),
-        ("0.2.0", r"0\.2\.0 is already active on slot green"),
     ],
 )
 def test_impossible_rollbacks_are_refused(settings: co.Settings, to: str, message: str) -> None:
     with pytest.raises(co.CutoverError, match=message):
         rb.make_plan(settings, to, Commands())
+
+
+def test_a_release_already_active_is_a_no_op_not_an_error(settings: co.Settings) -> None:
+    """rollback_to=X across a fleet: hosts already on X have nothing to do."""
+    plan = rb.make_plan(settings, "0.2.0", Commands())
+    assert plan.noop and plan.describe() == "0.2.0 is already active on slot green: nothing to do"
+    out = rb.roll_back(settings, plan, run_id="r0", holder="alice@here", run=Commands())
+    assert (out.result, out.changed) == ("unchanged", False)
+    assert rs.read_state(settings.state_path)[0]["lock"] is None
 
 
 def test_nothing_to_roll_back_to_is_said(tmp_path: Path, slots: Dict[str, ScriptedServer]) -> None:
