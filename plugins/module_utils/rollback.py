@@ -2,12 +2,13 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Roll one host back: plan, lock, cut over into the idle slot, mark the release left bad.
 
-A warm idle slot that already runs the release (``beamops_keep_old_warm``, or a drain still
-in progress) is only probed and switched to: one proxy action. A stopped one is started
-through its gate. Either way the new slot is watched like a deploy and traffic goes back if
-it fails. Shared by the ``slot_rollback`` module (rollback.yml) and the ``<app>-rollback``
-command on each host, which needs no controller: both use the settings the last deploy saved
-(``<config_dir>/cutover.json``), the host's release state and its deploy lock.
+A warm idle slot that already runs the release (``beamops_keep_old_warm``) is only probed
+and switched to: one proxy action. A stopped one (or one still draining from the deploy,
+once its drain ends) is started through its gate. Either way the new slot is watched like a
+deploy and traffic goes back if it fails. Shared by the ``slot_rollback`` module
+(rollback.yml) and the ``<app>-rollback`` command on each host, which needs no controller:
+both use the settings the last deploy saved (``<config_dir>/cutover.json``), the host's
+release state and its deploy lock.
 
 Pure standard library, Python 3.8+.
 """
@@ -78,6 +79,8 @@ def make_plan(
     release_dir = os.path.join(settings.base_dir, "releases", version)
     linked = os.path.islink(link) and os.readlink(link) == release_dir
     running = run(["systemctl", "is-active", "--quiet", settings.unit(slot)], 10).returncode == 0
+    # A slot still draining from the deploy is about to stop: the cutover waits, then starts it.
+    running = running and not cutover.retirement_active(settings, slot, run)
     configured = os.path.exists(os.path.join(settings.config_dir, f"{slot}.env"))
     return Plan(version, slot, active_slot, active_version, linked and running, configured)
 

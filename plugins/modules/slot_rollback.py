@@ -17,10 +17,11 @@ description:
     good release other than the active one - and, unless O(plan_only), takes the host's deploy
     lock (unless this run holds it), activates that release in the idle slot, marks the
     release left C(bad), and gives the lock back.
-  - The idle slot may still run the release (C(beamops_keep_old_warm), or a drain in
-    progress) - then the rollback is one proxy action, after a readiness probe. Otherwise the
-    slot is started through its unit's gate. Either way the slot is watched like a deploy, and
-    traffic goes back to the release that served if it fails (see M(beamops.release.slot_cutover)).
+  - The idle slot may still run the release (C(beamops_keep_old_warm)) - then the rollback is
+    one proxy action, after a readiness probe. Otherwise the slot is started through its
+    unit's gate (a slot still draining from the deploy first finishes its drain). Either way
+    the slot is watched like a deploy, and traffic goes back to the release that served if
+    it fails (see M(beamops.release.slot_cutover)).
   - Uses the settings the last deploy saved in C(<config_dir>/cutover.json). The command
     C(/usr/local/bin/<app>-rollback) on each host runs the same code without a controller.
 options:

@@ -53,6 +53,16 @@ def test_the_plan_goes_to_the_previous_good_release_in_the_idle_slot(
     assert "start it through its gate" in plan.describe()
 
 
+def test_a_slot_still_draining_is_not_warm(settings: co.Settings) -> None:
+    slots_dir = Path(settings.base_dir) / "slots"
+    slots_dir.mkdir()
+    os.symlink(Path(settings.base_dir) / "releases" / "0.1.0", slots_dir / "blue")
+    timer = ("systemctl", "is-active", "beamops-retire-demo-blue.timer")
+    draining = Commands({timer: (0, "active\nactive\n")})
+    plan = rb.make_plan(settings, None, draining)
+    assert not plan.warm and "start it through its gate" in plan.describe()
+
+
 def test_a_warm_slot_makes_the_plan_a_switch(settings: co.Settings) -> None:
     slots_dir = Path(settings.base_dir) / "slots"
     slots_dir.mkdir()
