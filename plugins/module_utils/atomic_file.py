@@ -9,7 +9,26 @@ never half of either: temp file in the same directory, fsync, rename. Pure stand
 from __future__ import annotations
 
 import os
-from typing import Union
+from typing import Dict, Optional, Union
+
+
+def read_text(path: str) -> Optional[str]:
+    """The file's text, or None when there is none to read (the state before a first write)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+def restore(previous: Dict[str, Optional[str]]) -> None:
+    """Put back what `read_text` saw before a write: a file that did not exist is removed."""
+    for path, text in previous.items():
+        if text is None:
+            if os.path.lexists(path):
+                os.unlink(path)
+        else:
+            write_if_changed(path, text, 0o644)
 
 
 def write_if_changed(path: str, data: Union[str, bytes], mode: int) -> bool:

@@ -31,6 +31,8 @@ from ansible_collections.beamops.release.plugins.module_utils import (
     release_state,
 )
 from ansible_collections.beamops.release.plugins.module_utils.atomic_file import (
+    read_text,
+    restore,
     write_if_changed,
 )
 
@@ -254,22 +256,14 @@ class NginxProxy(Proxy):
 
     def route(self, primary: str, fallback: Optional[str]) -> None:
         path = self.settings.nginx_upstream_file
-        try:
-            with open(path, encoding="utf-8") as handle:
-                before: Optional[str] = handle.read()
-        except OSError:
-            before = None
+        before = {path: read_text(path)}
         if not write_if_changed(path, self.render(primary, fallback), 0o644):
             return
-        test = self.run(["nginx", "-t", "-q"], 30)
-        if test.returncode != 0:
-            if before is None:
-                os.unlink(path)
-            else:
-                write_if_changed(path, before, 0o644)
+        rejected = nginx_test_or_restore(self.run, before)
+        if rejected:
             raise CutoverError(
-                f"nginx rejected the configuration for slot {primary}: "
-                f"{(test.stderr or test.stdout).strip()}; the previous one was put back"
+                f"nginx rejected the configuration for slot {primary}: {rejected}; "
+                "the previous one was put back"
             )
         reload = self.run(["systemctl", "reload", "nginx.service"], 30)
         if reload.returncode != 0:
@@ -301,6 +295,16 @@ class NginxProxy(Proxy):
         for line in complete.decode("utf-8", "replace").splitlines():
             count_upstream_answers(line, self._address, traffic)
         return traffic
+
+
+def nginx_test_or_restore(run: Run, before: Dict[str, Optional[str]]) -> Optional[str]:
+    """`nginx -t` after writing files whose earlier text is `before`: when nginx rejects them,
+    put that text back and return nginx's words (None when it accepted them)."""
+    test = run(["nginx", "-t", "-q"], 30)
+    if test.returncode == 0:
+        return None
+    restore(before)
+    return (test.stderr or test.stdout).strip() or f"nginx -t exited {test.returncode}"
 
 
 def count_upstream_answers(line: str, address: str, traffic: Traffic) -> None:
@@ -473,6 +477,9 @@ class Cutover:
         self.sleep = sleep
         self.wall = wall
         self.out = Outcome()
+        self._since = 0.0  # wall clock when the slot was started, for its journal
+        self._switched_at = 0.0
+        self._start_failure = "not ready"
 
     # ----------------------------------------------------------------- entry point
 
@@ -571,7 +578,7 @@ class Cutover:
 
     def _fail_before_switch(self) -> Outcome:
         self._stop(self.r.slot)
-        reason = getattr(self, "_start_failure", "not ready")
+        reason = self._start_failure
         message = f"{self._what()} did not become ready at {self.s.slot_url(self.r.slot)}: {reason}"
         if self.out.release_log:
             message += " | the release's last lines: " + " / ".join(self.out.release_log[-5:])

@@ -18,13 +18,17 @@ import dataclasses
 import os
 import subprocess
 import time
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 from ansible_collections.beamops.release.plugins.module_utils import haproxy_runtime
 from ansible_collections.beamops.release.plugins.module_utils.atomic_file import (
+    read_text,
     write_if_changed,
 )
-from ansible_collections.beamops.release.plugins.module_utils.cutover import run_command
+from ansible_collections.beamops.release.plugins.module_utils.cutover import (
+    nginx_test_or_restore,
+    run_command,
+)
 
 Run = Callable[[Sequence[str], float], "subprocess.CompletedProcess[str]"]
 # path, wanted text, written only when the file is missing (then slot_cutover owns it)
@@ -101,7 +105,7 @@ class ProxySetup:
             return True
 
     def _write(self, pending: List[FileSpec]) -> None:
-        previous = {path: _read(path) for path, _, _ in pending}
+        previous = {path: read_text(path) for path, _, _ in pending}
         # The files written once (the map, the upstream) go first: `haproxy -c` loads the map.
         first = [spec for spec in pending if spec[2]]
         then = [spec for spec in pending if not spec[2]]
@@ -115,19 +119,12 @@ class ProxySetup:
             write_if_changed(path, text, 0o644)
         self.result.written = [path for path, _, _ in first + then]
         self.result.changed = True
-        if self.r.proxy == "nginx":
-            test = self.run(["nginx", "-t", "-q"], 30)
-            if test.returncode != 0:
-                for path, before in previous.items():
-                    if before is None:
-                        os.unlink(path)
-                    else:
-                        write_if_changed(path, before, 0o644)
-                raise ProxySetupError(
-                    "nginx rejected the configuration of this app "
-                    f"({(test.stderr or test.stdout).strip()}); the previous one was put back "
-                    "and traffic was not moved"
-                )
+        rejected = nginx_test_or_restore(self.run, previous) if self.r.proxy == "nginx" else None
+        if rejected:
+            raise ProxySetupError(
+                f"nginx rejected the configuration of this app ({rejected}); the previous one "
+                "was put back and traffic was not moved"
+            )
         self._systemctl("reload-or-restart", f"{self.r.proxy}.service")
         if self.r.proxy == "haproxy":
             self._wait_for_haproxy_map()
@@ -175,7 +172,7 @@ class ProxySetup:
             removed = True
             self.result.actions.append("removed Debian's default nginx site")
         if self.r.proxy == "nginx":
-            cfg = _read(self.r.haproxy_cfg_path) or ""
+            cfg = read_text(self.r.haproxy_cfg_path) or ""
             if OURS_MARK in cfg and self._active("haproxy.service"):
                 self._systemctl("disable", "--now", "haproxy.service")
                 self.result.actions.append("stopped the HAProxy this collection configured")
@@ -205,11 +202,3 @@ class ProxySetup:
         done = self.run(["systemctl", *args], 120)
         if done.returncode != 0:
             raise ProxySetupError(f"systemctl {' '.join(args)} failed: {done.stderr.strip()}")
-
-
-def _read(path: str) -> Optional[str]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except OSError:
-        return None

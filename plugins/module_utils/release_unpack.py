@@ -24,6 +24,9 @@ import tarfile
 from typing import List, Optional
 
 from ansible_collections.beamops.release.plugins.module_utils import release_state
+from ansible_collections.beamops.release.plugins.module_utils.atomic_file import (
+    write_if_changed,
+)
 
 CHUNK = 1024 * 1024
 
@@ -211,10 +214,7 @@ def _install_epmd(request: Request) -> Optional[str]:
     found = sorted(glob.glob(os.path.join(request.release_dir, "erts-*", "bin", "epmd")))
     if not found or os.path.islink(found[-1]) or not os.path.isfile(found[-1]):
         return None
-    os.makedirs(request.helper_dir, mode=0o755, exist_ok=True)
     target = os.path.join(request.helper_dir, "epmd")
-    temp = f"{target}.beamops-tmp"
-    shutil.copyfile(found[-1], temp)
-    os.chmod(temp, 0o755)
-    os.replace(temp, target)
+    with open(found[-1], "rb") as handle:
+        write_if_changed(target, handle.read(), 0o755)
     return target

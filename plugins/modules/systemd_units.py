@@ -80,10 +80,11 @@ started:
 import os  # noqa: E402
 import re  # noqa: E402
 import subprocess  # noqa: E402
-from typing import Any, Dict, List, Optional  # noqa: E402
+from typing import Any, Dict, List  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.beamops.release.plugins.module_utils.atomic_file import (  # noqa: E402
+    read_text,
     write_if_changed,
 )
 
@@ -102,14 +103,6 @@ ARGUMENT_SPEC: Dict[str, Dict[str, Any]] = {
     "directory": {"type": "path", "default": "/etc/systemd/system"},
     "running": {"type": "list", "elements": "str", "default": []},
 }
-
-
-def read(path: str) -> Optional[str]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except OSError:
-        return None
 
 
 def systemctl(module: AnsibleModule, *args: str) -> subprocess.CompletedProcess[str]:
@@ -132,7 +125,7 @@ def main() -> None:
     diffs = []
     for unit in module.params["units"]:
         path = os.path.join(module.params["directory"], unit["name"])
-        before = read(path)
+        before = read_text(path)
         if before == unit["content"]:
             continue
         changed.append(unit["name"])
