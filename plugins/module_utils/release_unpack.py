@@ -23,7 +23,7 @@ import shutil
 import tarfile
 from typing import List, Optional
 
-from ansible_collections.beamops.release.plugins.module_utils import release_state
+from ansible_collections.beamops.release.plugins.module_utils import app_account, release_state
 from ansible_collections.beamops.release.plugins.module_utils.atomic_file import (
     write_if_changed,
 )
@@ -45,6 +45,23 @@ class Request:
     helper_dir: str
     src: Optional[str] = None  # the tarball on the host; None: only say whether one is needed
     run_id: Optional[str] = None
+    # The system account the release runs as (created here when missing; see app_account).
+    user: Optional[str] = None
+    group: Optional[str] = None
+    home: Optional[str] = None
+    adopt_account: bool = False
+
+    @property
+    def account(self) -> Optional[app_account.Account]:
+        if not self.user:
+            return None
+        return app_account.Account(
+            user=self.user,
+            group=self.group or self.user,
+            home=self.home or f"/var/lib/{self.app}",
+            app=self.app,
+            adopt=self.adopt_account,
+        )
 
     @property
     def releases_dir(self) -> str:
@@ -66,6 +83,7 @@ class Result:
     installed: bool = False  # this call unpacked the release
     msg: str = ""
     epmd: Optional[str] = None
+    account_created: bool = False
 
 
 def sha256_of(path: str) -> str:
@@ -88,8 +106,18 @@ def ensure_layout(request: Request) -> None:
 
 
 def install(request: Request, check_mode: bool = False) -> Result:
-    """Do what is needed for releases/<version> to hold this exact release, registered."""
+    """Do what is needed for releases/<version> to hold this exact release, registered,
+    and for the account it runs as to exist."""
     release_state.check_version("version", request.version)
+    account = request.account
+    created = app_account.ensure(account, check_mode) if account else False
+    result = _install_release(request, check_mode)
+    result.account_created = created
+    result.changed = result.changed or created
+    return result
+
+
+def _install_release(request: Request, check_mode: bool) -> Result:
     sha256 = request.sha256.lower()
     known = registered_sha(request)
     present = os.path.isfile(os.path.join(request.release_dir, "bin", request.app))
@@ -157,17 +185,41 @@ def _verify_and_unpack(request: Request, sha256: str) -> None:
         )
 
 
+def check_member(member: tarfile.TarInfo) -> None:
+    """Refuse a member that could escape the release or create a special file."""
+    name = member.name
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if name.startswith("/") or ".." in parts:
+        raise UnpackError(f"tarball member {name!r} would land outside the release")
+    if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+        raise UnpackError(f"tarball member {name!r} is a device, FIFO or other special file")
+    if member.issym() or member.islnk():
+        _check_link(member, parts)
+
+
+def check_tarball(path: str, app: str) -> int:
+    """Check every member of the tarball at path, and that it has bin/<app>, without
+    unpacking anything; return the number of members."""
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            members = tar.getmembers()
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise UnpackError(f"{path} is not a readable tarball: {exc}") from exc
+    for member in members:
+        check_member(member)
+    binary = [m for m in members if os.path.normpath(m.name) == f"bin/{app}"]
+    if not binary or (binary[-1].isfile() and not binary[-1].mode & 0o111):
+        raise UnpackError(
+            f"the tarball has no executable bin/{app}: is beamops_app_name ({app}) the "
+            "release's name?"
+        )
+    return len(members)
+
+
 def safe_members(members: List[tarfile.TarInfo]) -> List[tarfile.TarInfo]:
     """Refuse what could escape the release or create special files; make the rest root's."""
     for member in members:
-        name = member.name
-        parts = [p for p in name.split("/") if p not in ("", ".")]
-        if name.startswith("/") or ".." in parts:
-            raise UnpackError(f"tarball member {name!r} would land outside the release")
-        if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
-            raise UnpackError(f"tarball member {name!r} is a device, FIFO or other special file")
-        if member.issym() or member.islnk():
-            _check_link(member, parts)
+        check_member(member)
         member.uid = member.gid = 0
         member.uname = member.gname = "root"
         member.mode = 0o755 if member.isdir() else member.mode & 0o755
@@ -187,16 +239,10 @@ def _check_link(member: tarfile.TarInfo, parts: List[str]) -> None:
             continue
         if part == "..":
             if not resolved:
-                raise UnpackError(
-                    f"tarball member {member.name!r} links to {target!r}, outside the release"
-                )
+                raise UnpackError(outside)
             resolved.pop()
         else:
             resolved.append(part)
-    if target.startswith("/"):
-        raise UnpackError(
-            f"tarball member {member.name!r} links to {target!r}, outside the release"
-        )
 
 
 def _epmd(request: Request) -> Optional[str]:

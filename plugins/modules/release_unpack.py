@@ -15,6 +15,8 @@ author:
 description:
   - Makes C(<base_dir>/releases/<version>) hold exactly the release whose sha256 is
     O(sha256), registered in the host's release state, in one task.
+  - Creates the system account the release runs as when missing (O(user)), and refuses an
+    existing account it did not create, or root.
   - When the host already has that release (same version, same sha256), nothing is sent.
     Otherwise the action plugin copies O(src) from the controller, and the module verifies its
     sha256 on the host, unpacks it into C(releases/.<version>.partial) as root-owned files
@@ -58,6 +60,25 @@ options:
   run_id:
     description: The run holding the host's deploy lock; registering is refused otherwise.
     type: str
+  user:
+    description:
+      - The system account the release runs as. Created when missing (system account, no
+        home created, C(/usr/sbin/nologin), locked password, comment C(beamops.release <app>)).
+      - An existing account is used only if this collection created it, or with
+        O(adopt_account); it is never modified. uid 0 and gid 0 are always refused.
+      - Omit to leave accounts alone.
+    type: str
+  group:
+    description: Primary group of O(user); created when missing. Defaults to O(user).
+    type: str
+  home:
+    description:
+      - Home directory recorded for a new O(user) (not created). Defaults to C(/var/lib/<app>).
+    type: path
+  adopt_account:
+    description: Use an existing O(user) that this collection did not create, as it is.
+    type: bool
+    default: false
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.flow
@@ -105,6 +126,10 @@ epmd:
   description: Path of the shared epmd, when installed.
   returned: always
   type: str
+account_created:
+  description: Whether this task created the account (or would, in check mode).
+  returned: always
+  type: bool
 """
 
 # Ansible reads the documentation above before any import, hence E402.
@@ -112,6 +137,9 @@ import dataclasses  # noqa: E402
 from typing import Any, Dict  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.beamops.release.plugins.module_utils.app_account import (  # noqa: E402
+    AccountError,
+)
 from ansible_collections.beamops.release.plugins.module_utils.release_state import (  # noqa: E402
     ReleaseStateError,
 )
@@ -132,6 +160,10 @@ ARGUMENT_SPEC: Dict[str, Dict[str, Any]] = {
     "state_path": {"type": "path", "required": True},
     "helper_dir": {"type": "path", "default": "/usr/local/lib/beamops"},
     "run_id": {"type": "str"},
+    "user": {"type": "str"},
+    "group": {"type": "str"},
+    "home": {"type": "path"},
+    "adopt_account": {"type": "bool", "default": False},
 }
 
 
@@ -140,7 +172,7 @@ def main() -> None:
     request = Request(**module.params)
     try:
         result = install(request, check_mode=module.check_mode)
-    except (UnpackError, ReleaseStateError) as exc:
+    except (UnpackError, ReleaseStateError, AccountError) as exc:
         module.fail_json(msg=f"{exc}. Nothing was installed.")
     module.exit_json(**dataclasses.asdict(result))
 

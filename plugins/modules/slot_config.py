@@ -63,6 +63,11 @@ options:
     type: list
     elements: str
     default: []
+  unit:
+    description:
+      - The slot's systemd unit. When given, RV(unit_active) says whether it runs, so a caller
+        that compares a live slot's configuration learns in the same call whether it is up.
+    type: str
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:
@@ -96,6 +101,10 @@ changed_files:
   returned: always
   type: list
   elements: str
+unit_active:
+  description: Whether O(unit) is active (C(systemctl is-active)).
+  returned: when O(unit) is given
+  type: bool
 """
 
 # Ansible reads the documentation above before any import, hence E402.
@@ -120,6 +129,7 @@ ARGUMENT_SPEC: Dict[str, Dict[str, Any]] = {
     "secret_env": {"type": "dict", "default": {}, "no_log": True},
     "cookie": {"type": "str", "no_log": True},
     "vm_args": {"type": "list", "elements": "str", "default": []},
+    "unit": {"type": "str"},
 }
 
 
@@ -138,7 +148,9 @@ def diff_of(changes: List[FileChange]) -> List[Dict[str, str]]:
 
 def main() -> None:
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    request = Request(**module.params)
+    params = dict(module.params)
+    unit = params.pop("unit")
+    request = Request(**params)
     try:
         changed, changes = apply(request, check_mode=module.check_mode)
     except (ConfigError, OSError) as exc:
@@ -149,6 +161,9 @@ def main() -> None:
     }
     if module._diff:
         result["diff"] = diff_of(changes)
+    if unit:
+        rc, _out, _err = module.run_command(["systemctl", "is-active", "--quiet", unit])
+        result["unit_active"] = rc == 0
     module.exit_json(**result)
 
 

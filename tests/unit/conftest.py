@@ -50,7 +50,9 @@ class ScriptedServer:
     def url(self, path: str) -> str:
         return f"{self.scheme}://{self.host}:{self.port}{path}"
 
-    def script(self, path: str, replies: Sequence[Union[Reply, Tuple[int, str]]]) -> str:
+    def script(
+        self, path: str, replies: Sequence[Union[Reply, Tuple[int, Union[str, bytes]]]]
+    ) -> str:
         """Script `path` and return its URL. Tuples are (status, body) shorthands."""
         queue: Deque[Reply] = deque(r if isinstance(r, Reply) else Reply(*r) for r in replies)
         with self.lock:

@@ -145,3 +145,36 @@ def test_check_mode_says_what_it_would_do_and_writes_nothing(tmp_path: Path) -> 
     result = ru.install(request(tmp_path, tarball(tmp_path, RELEASE)), check_mode=True)
     assert result.changed and "would install" in result.msg
     assert not (tmp_path / "opt").exists()
+
+
+@pytest.mark.parametrize(
+    ("members", "message"),
+    [
+        ([*RELEASE, add_file("../../escaped")], r"'../../escaped' would land outside"),
+        ([*RELEASE, add_special("dev/sda", tarfile.CHRTYPE)], "is a device, FIFO"),
+        (
+            [*RELEASE, add_special("lib/up", tarfile.LNKTYPE, "../../etc/shadow")],
+            "links to '../../etc/shadow', outside",
+        ),
+        ([add_file("releases/x", b"no binary")], "no executable bin/demo"),
+        ([add_file("./bin/demo", b"not executable", 0o644)], "no executable bin/demo"),
+    ],
+    ids=["dotdot", "device", "hardlink-out", "no-bin", "bin-not-x"],
+)
+def test_the_controller_check_refuses_hostile_tarballs_without_unpacking(
+    tmp_path: Path, members: List[Member], message: str
+) -> None:
+    src = tarball(tmp_path, members)
+    with pytest.raises(ru.UnpackError, match=message):
+        ru.check_tarball(str(src), "demo")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.tar.gz"]
+
+
+def test_the_controller_check_passes_a_good_release_and_counts_its_members(
+    tmp_path: Path,
+) -> None:
+    assert ru.check_tarball(str(tarball(tmp_path, RELEASE)), "demo") == len(RELEASE)
+    bad = tmp_path / "garbage.tar.gz"
+    bad.write_bytes(b"not a tarball")
+    with pytest.raises(ru.UnpackError, match="not a readable tarball"):
+        ru.check_tarball(str(bad), "demo")

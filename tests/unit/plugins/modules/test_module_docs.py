@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from ansible_collections.beamops.release.plugins.action.release_artifact import ActionModule
 from ansible_collections.beamops.release.plugins.modules import (
     proxy_setup,
     release_unpack,
@@ -18,8 +19,11 @@ MODULES = {
         slot_rollback,
         {"plan", "result", "msg", "stage", "switched_back", "timings"},
     ),
-    "slot_config": (slot_config, {"changed_files"}),
-    "release_unpack": (release_unpack, {"installed", "transferred", "msg", "epmd"}),
+    "slot_config": (slot_config, {"changed_files", "unit_active"}),
+    "release_unpack": (
+        release_unpack,
+        {"installed", "transferred", "msg", "epmd", "account_created"},
+    ),
     "systemd_units": (systemd_units, {"changed_units", "started"}),
     "proxy_setup": (proxy_setup, {"written", "actions"}),
 }
@@ -44,3 +48,9 @@ def test_documentation_renders_and_matches_the_argument_spec(name: str) -> None:
 def test_release_unpack_says_its_src_is_required() -> None:
     options = ansible_doc("release_unpack")["doc"]["options"]
     assert "required" in " ".join(options["src"]["description"])
+
+
+def test_release_artifact_documents_exactly_what_its_action_accepts() -> None:
+    document = ansible_doc("release_artifact")
+    assert set(document["doc"]["options"]) == set(ActionModule._VALID_ARGS)
+    assert set(document["return"]) == {"path", "sha256", "downloaded", "members"}
