@@ -7,14 +7,18 @@ Each test leaves the fleet in the state the next one expects; they are meant to 
 from __future__ import annotations
 
 import base64
+import hashlib
+import io
 import json
 import re
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
-from typing import Tuple
+from typing import Dict, List, Tuple
 
+import pytest
 from conftest import HOSTS, STATE_FILE, Fleet, LoadedFleet, address, deploykit, systemd_env
 
 SECRET_KEY_BASE = "demo-only-secret-key-base-not-for-production-0123456789abcdef"
@@ -356,6 +360,75 @@ def test_checksum_mismatch_is_refused_before_any_host_changes(fleet: Fleet) -> N
     assert fleet.state_bytes() == before
     for host in fleet.hosts.values():
         assert not host.file("/opt/sample_app/releases/.0.3.0.partial").exists
+
+
+# What a host looks like to the app: its files (path, mode, size, mtime of regular files), its
+# accounts, the proxy configuration, the units. A refused run must leave all of it identical.
+SNAPSHOT = (
+    "find /opt /etc/sample_app /var/lib/sample_app /usr/local/lib/beamops /usr/local/bin "
+    "/etc/systemd/system /etc/nginx /etc/haproxy -xdev \\( -type f -printf '%p %m %s %T@\\n' \\) "
+    "-o \\( ! -type f -printf '%p %m %y\\n' \\) 2>/dev/null | sort; "
+    "sha256sum /etc/passwd /etc/group /etc/shadow"
+)
+
+
+def host_snapshots(fleet: Fleet) -> Dict[str, str]:
+    return {name: host.check_output(SNAPSHOT) for name, host in fleet.hosts.items()}
+
+
+def hostile_tarball(tmp_path: Path) -> List[str]:
+    """The real 0.3.0 release plus one member that would land outside the release."""
+    source = deploykit.RELEASES / "sample_app-0.3.0.tar.gz"
+    hostile = tmp_path / "sample_app-0.3.0.tar.gz"
+    with tarfile.open(source) as good, tarfile.open(hostile, "w:gz") as bad:
+        for member in good.getmembers():
+            bad.addfile(member, good.extractfile(member) if member.isfile() else None)
+        escape = tarfile.TarInfo("../../../etc/cron.d/owned")
+        payload = b"* * * * * root touch /tmp/owned\n"
+        escape.size = len(payload)
+        bad.addfile(escape, io.BytesIO(payload))
+    digest = hashlib.sha256(hostile.read_bytes()).hexdigest()
+    return [
+        *("-e", "beamops_release_version=0.3.0", "-e", f"beamops_release_src={hostile}"),
+        *("-e", f"beamops_release_sha256={digest}"),
+    ]
+
+
+HOSTILE_INPUTS = {
+    "version-path": ({"beamops_release_version": "../../../escaped"}, "beamops_release_version"),
+    "version-number": ({"beamops_release_version": 1.1}, "quote it"),
+    "app-root": ({"beamops_app_name": "root"}, "beamops_app_user: 'root' belongs to the OS"),
+    "user-postgres": ({"beamops_app_user": "postgres"}, "beamops_app_user_adopt"),
+    "unit-newline": (
+        {"beamops_ready_path": "/health/ready\nExecStartPre=/bin/true"},
+        "beamops_ready_path",
+    ),
+    "env-loader": ({"beamops_env": {"LD_PRELOAD": "/tmp/x.so"}}, "LD_PRELOAD changes"),
+    "env-newline": ({"beamops_env": {"A": "1\nB=2"}}, "beamops_env.A"),
+    "ports-clash": ({"beamops_slot_ports": {"blue": 80, "green": 4002}}, "ports must be distinct"),
+    "keep-zero": ({"beamops_releases_keep": 0}, "beamops_releases_keep: got 0"),
+    "weak-cookie": ({"beamops_release_cookie": "a" * 32}, "too weak"),
+    "example-secret": ({"beamops_allow_example_secrets": False}, "example secret"),
+}
+
+
+@pytest.mark.parametrize("kind", [*HOSTILE_INPUTS, "hostile-tarball"])
+def test_hostile_inputs_are_refused_before_any_host_changes(
+    fleet: Fleet, tmp_path: Path, kind: str
+) -> None:
+    before = host_snapshots(fleet)
+    if kind == "hostile-tarball":
+        args, expected = hostile_tarball(tmp_path), "'../../../etc/cron.d/owned' would land outside"
+    else:
+        change, expected = HOSTILE_INPUTS[kind]
+        args = [*deploykit.release_args("0.3.0"), "-e", json.dumps(change)]
+    run = fleet.playbook("deploy", *args)
+    assert run.rc != 0
+    assert expected in run.output and "nothing was changed on any host" in run.output.lower(), (
+        run.tail()
+    )
+    assert COOKIE not in run.output and SECRET_KEY_BASE not in run.output
+    assert host_snapshots(fleet) == before
 
 
 def test_missing_required_variable_is_named_before_any_host_changes(fleet: Fleet) -> None:

@@ -1,0 +1,397 @@
+# Copyright: contributors to beamops.release
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Every input of a deploy or rollback, checked on the controller before any host changes.
+
+Argument specs check types and presence; these rules check what specs cannot say: patterns
+(full match), ranges, distinct ports, control characters in strings that land in a unit or a
+config file, environment names, a deny list of names that change how the VM or the loader
+starts, the cookie's strength, and the example secrets shipped with the collection.
+
+Each problem names the variable, its value (never a secret's) and what is expected. The rules
+also write the README's "What is checked before a host is touched" section
+(docs/gen_variables.py), so the list there is this list.
+
+Pure standard library, Python 3.8+.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+
+VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+APP_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+ACCOUNT = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+ENV_VALUE_FORBIDDEN = re.compile(r"[\x00\r\n]")
+
+# Names that change how the loader or the VM starts, or that the release script and this
+# collection set per slot: an environment file must not override them.
+DENIED_ENV = re.compile(
+    r"LD_[A-Z0-9_]*|PATH|ERL_[A-Z0-9_]*FLAGS|ERL_LIBS|ELIXIR_ERL_OPTIONS|HOME|PORT|SLOT"
+    r"|ERL_CRASH_DUMP|RELEASE_(COOKIE|NODE|DISTRIBUTION|VM_ARGS|TMP|ROOT|NAME|VSN|PROG|SYS_CONFIG)"
+)
+# Accounts of the OS and of common services: the release must not run as (or rewrite) them.
+SYSTEM_ACCOUNTS = frozenset(
+    [
+        "root",
+        "daemon",
+        "bin",
+        "sys",
+        "sync",
+        "games",
+        "man",
+        "lp",
+        "mail",
+        "news",
+        "uucp",
+        "proxy",
+        "www-data",
+        "backup",
+        "list",
+        "irc",
+        "gnats",
+        "nobody",
+        "nogroup",
+        "_apt",
+        "messagebus",
+        "sshd",
+        "polkitd",
+        "postgres",
+        "mysql",
+        "redis",
+        "nginx",
+        "haproxy",
+        "prometheus",
+        "node_exporter",
+        "adm",
+        "tty",
+        "disk",
+        "kmem",
+        "dialout",
+        "cdrom",
+        "floppy",
+        "audio",
+        "video",
+        "plugdev",
+        "staff",
+        "users",
+        "sudo",
+        "shadow",
+        "utmp",
+    ]
+)
+# sha256 (first 32 hex digits) of the secrets in the example inventories shipped with the
+# collection (demo, staging, production). Anyone can read them: they must never reach a host
+# outside a demo (beamops_allow_example_secrets). tests/lint checks the list is complete.
+EXAMPLE_SECRETS = frozenset(
+    {
+        "53854fefa1103eb3f413ac7f97880921",
+        "514023d802d98ecbb4b188c92ac9444b",
+        "c6fb16e21ed84e5b5ebee63ee8bd9cf6",
+        "657749340b3a885290fe46f4e8508f1e",
+        "3d9203ceb7df4315f70d06827230bff1",
+        "27c3326de730184b5b60945a287a210d",
+    }
+)
+COOKIE_MIN_LENGTH = 20
+COOKIE_MIN_DISTINCT = 10
+SECRET_VARIABLES = frozenset({"beamops_release_cookie", "beamops_secret_env"})
+ENV_VARIABLES = ("beamops_env", "beamops_secret_env")
+
+# name -> (lowest, lowest allowed itself, highest or None)
+NUMBERS: Dict[str, Tuple[float, bool, Optional[float]]] = {
+    "beamops_releases_keep": (1, True, None),
+    "beamops_drain_seconds": (0, True, None),
+    "beamops_watch_seconds": (0, True, None),
+    "beamops_watch_interval": (0, False, None),
+    "beamops_watch_failure_threshold": (1, True, None),
+    "beamops_watch_max_5xx_ratio": (0, False, 1),
+    "beamops_gate_interval": (0, False, None),
+    "beamops_gate_timeout": (0, False, None),
+    "beamops_gate_success_threshold": (1, True, None),
+    "beamops_start_timeout": (1, True, None),
+    "beamops_stop_timeout": (1, True, None),
+    "beamops_restart_sec": (0, True, None),
+    "beamops_start_limit_burst": (1, True, None),
+    "beamops_start_limit_interval": (1, True, None),
+    "beamops_tasks_max": (16, True, None),
+    "beamops_limit_nofile": (1024, True, None),
+    "beamops_lock_stale_after": (0, True, None),
+    "beamops_max_fail_percentage": (0, True, 100),
+    "beamops_artifact_download_timeout": (1, True, None),
+}
+
+
+def fingerprint(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()[:32]
+
+
+def shown(value: object) -> str:
+    """A value as the error shows it: repr for strings (control characters visible), short."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+@dataclasses.dataclass
+class Inputs:
+    values: Mapping[str, Any]
+    purpose: str = "deploy"  # deploy or rollback
+
+    def has(self, name: str) -> bool:
+        return self.values.get(name) is not None
+
+    def get(self, name: str, default: object = None) -> object:
+        value = self.values.get(name)
+        return default if value is None else value
+
+
+Check = Callable[[Inputs], Iterator[str]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    title: str
+    expects: str
+    check: Check
+
+
+RULES: List[Rule] = []
+
+
+def rule(title: str, expects: str) -> Callable[[Check], Check]:
+    def register(check: Check) -> Check:
+        RULES.append(Rule(title, expects, check))
+        return check
+
+    return register
+
+
+def problems(values: Mapping[str, Any], purpose: str = "deploy") -> List[str]:
+    """Every problem of every rule, in the order of RULES (empty: the inputs are fine)."""
+    inputs = Inputs(values, purpose)
+    return [problem for each in RULES for problem in each.check(inputs)]
+
+
+def _version(name: str, value: object) -> Iterator[str]:
+    if isinstance(value, (bool, int, float)):
+        yield (
+            f"{name}: got {value!r}, a number (YAML reads an unquoted 1.10 as 1.1); expected a "
+            f'string: quote it, e.g. {name}: "{value}"'
+        )
+    elif not isinstance(value, str) or not VERSION.fullmatch(value) or ".." in value:
+        yield (
+            f"{name}: got {shown(value)}; expected letters, digits and . _ + - starting with a "
+            "letter or digit, at most 128 characters, no '/' or '..' (it names a directory "
+            "under releases/)"
+        )
+
+
+@rule(
+    "Release version",
+    "`beamops_release_version` (deploy) and `rollback_to` (rollback): a string (a version YAML "
+    "reads as a number is refused with a hint to quote it) of letters, digits and `. _ + -`, "
+    "starting with a letter or digit, no `/` or `..`, full match; `beamops_release_sha256`: "
+    "64 hex digits.",
+)
+def _check_version(inputs: Inputs) -> Iterator[str]:
+    if inputs.purpose == "deploy":
+        yield from _version("beamops_release_version", inputs.get("beamops_release_version"))
+        sha = inputs.get("beamops_release_sha256")
+        if not isinstance(sha, str) or not SHA256.fullmatch(sha):
+            yield f"beamops_release_sha256: got {shown(sha)}; expected 64 hex digits"
+    elif inputs.has("rollback_to"):
+        yield from _version("rollback_to", inputs.get("rollback_to"))
+
+
+@rule(
+    "App name, user and group",
+    "`beamops_app_name`: lower case letters, digits and `_`, starting with a letter (the OTP "
+    "release name). `beamops_app_user`/`beamops_app_group`: a system account name, never "
+    "`root`; an account of the OS or of a common service (`daemon`, `www-data`, `postgres`, "
+    "`haproxy`, ...) only with `beamops_app_user_adopt`. On the host, before anything else, an "
+    "existing account the collection did not create, or uid/gid 0, is refused the same way.",
+)
+def _check_names(inputs: Inputs) -> Iterator[str]:
+    app = inputs.get("beamops_app_name")
+    if not isinstance(app, str) or not APP_NAME.fullmatch(app):
+        yield (
+            f"beamops_app_name: got {shown(app)}; expected the OTP release name: lower case "
+            "letters, digits and _, starting with a letter, at most 64 characters"
+        )
+    adopt = bool(inputs.get("beamops_app_user_adopt", False))
+    for name in ("beamops_app_user", "beamops_app_group"):
+        value = inputs.get(name, app)
+        if not isinstance(value, str) or not ACCOUNT.fullmatch(value):
+            yield f"{name}: got {shown(value)}; expected a system account name ([a-z_][a-z0-9_-]*)"
+        elif value == "root" or (value in SYSTEM_ACCOUNTS and not adopt):
+            yield (
+                f"{name}: {value!r} belongs to the OS or another service; the release would run "
+                "as it. Choose the app's own name"
+                + ("" if value == "root" else ", or set beamops_app_user_adopt: true")
+            )
+
+
+def _strings(value: object, where: str) -> Iterator[Tuple[str, str]]:
+    if isinstance(value, str):
+        yield where, value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _strings(key, f"{where} (key)")
+            yield from _strings(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _strings(item, f"{where}[{index}]")
+
+
+@rule(
+    "No control characters",
+    "Every string of every `beamops_*` variable (keys and items of lists and mappings too) has "
+    "no control character (newline, carriage return, tab, NUL, ...): these strings land in unit, "
+    "config and vm.args files, where a newline would add a directive.",
+)
+def _check_control_characters(inputs: Inputs) -> Iterator[str]:
+    for name in sorted(inputs.values):
+        if not name.startswith("beamops_") or name in ENV_VARIABLES:
+            continue
+        for where, text in _strings(inputs.values[name], name):
+            if CONTROL.search(text):
+                value = "(secret)" if name in SECRET_VARIABLES else shown(text)
+                yield f"{where}: got {value}; expected one line without control characters"
+
+
+@rule(
+    "Environment",
+    "`beamops_env` and `beamops_secret_env`: POSIX names (`[A-Za-z_][A-Za-z0-9_]*`), values "
+    "that are strings, numbers or booleans without NUL, CR or LF, no name in both, and none "
+    "that changes how the loader or the VM starts or that the release script and the "
+    "collection set: `LD_*`, `PATH`, `HOME`, `ERL_*FLAGS`, `ERL_LIBS`, `ELIXIR_ERL_OPTIONS`, "
+    "`ERL_CRASH_DUMP`, `PORT`, `SLOT`, `RELEASE_COOKIE`, `RELEASE_NODE`, `RELEASE_DISTRIBUTION`, "
+    "`RELEASE_VM_ARGS`, `RELEASE_TMP`, `RELEASE_ROOT`, `RELEASE_NAME`, `RELEASE_VSN`, "
+    "`RELEASE_PROG`, `RELEASE_SYS_CONFIG`. Secret values are never shown.",
+)
+def _check_environment(inputs: Inputs) -> Iterator[str]:
+    seen: Dict[str, str] = {}
+    for source in ENV_VARIABLES:
+        mapping = inputs.get(source, {})
+        if not isinstance(mapping, Mapping):
+            yield f"{source}: expected a mapping of NAME: value"
+            continue
+        secret = source in SECRET_VARIABLES
+        for name, value in mapping.items():
+            yield from _env_entry(source, name, value, secret)
+            if name in seen:
+                yield f"{source}: {name} is also in {seen[name]}; a name is plain or secret"
+            seen[str(name)] = source
+
+
+def _env_entry(source: str, name: object, value: object, secret: bool) -> Iterator[str]:
+    if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
+        yield f"{source}: {shown(name)} is not a POSIX environment variable name"
+        return
+    if DENIED_ENV.fullmatch(name):
+        yield (
+            f"{source}: {name} changes how the loader or the VM starts, or is set by the "
+            "release script or the collection per slot; it cannot be set here"
+        )
+    if not isinstance(value, (str, int, float)):  # bool is an int
+        yield f"{source}.{name}: expected a string, number or boolean"
+    elif ENV_VALUE_FORBIDDEN.search(str(value)):
+        what = "its value" if secret else shown(value)
+        yield f"{source}.{name}: {what} has a NUL, CR or LF; expected one line"
+
+
+@rule(
+    "Ports",
+    "`beamops_slot_ports` maps exactly `blue` and `green`; those ports and `beamops_proxy_port` "
+    "are integers from 1 to 65535 and all distinct.",
+)
+def _check_ports(inputs: Inputs) -> Iterator[str]:
+    slots = inputs.get("beamops_slot_ports", {"blue": 4001, "green": 4002})
+    ports: List[Tuple[str, Any]] = [("beamops_proxy_port", inputs.get("beamops_proxy_port", 80))]
+    if not isinstance(slots, Mapping) or sorted(slots) != ["blue", "green"]:
+        yield f"beamops_slot_ports: got {shown(slots)}; expected exactly the keys blue and green"
+    else:
+        ports += [(f"beamops_slot_ports.{slot}", slots[slot]) for slot in ("blue", "green")]
+    for name, port in ports:
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            yield f"{name}: got {shown(port)}; expected a TCP port from 1 to 65535"
+    numbers = [port for _, port in ports]
+    if len(set(map(str, numbers))) != len(numbers):
+        listed = ", ".join(f"{name}={port}" for name, port in ports)
+        yield f"ports must be distinct: {listed}"
+
+
+@rule(
+    "Numbers and their ranges",
+    "Counts and durations within their ranges: "
+    + ", ".join(
+        f"`{name}` {'≥' if low_ok else '>'} {low:g}" + (f" and ≤ {high:g}" if high else "")
+        for name, (low, low_ok, high) in NUMBERS.items()
+    )
+    + ".",
+)
+def _check_numbers(inputs: Inputs) -> Iterator[str]:
+    for name, (low, low_ok, high) in NUMBERS.items():
+        if not inputs.has(name):
+            continue
+        value = inputs.get(name)
+        try:
+            number = float(value)  # type: ignore[arg-type]  # anything else: ValueError
+        except (TypeError, ValueError):
+            yield f"{name}: got {shown(value)}; expected a number"
+            continue
+        if isinstance(value, bool) or number < low or (number == low and not low_ok):
+            least = "at least" if low_ok else "more than"
+            yield f"{name}: got {shown(value)}; expected {least} {low:g}"
+        elif high is not None and number > high:
+            yield f"{name}: got {shown(value)}; expected at most {high:g}"
+
+
+@rule(
+    "Erlang cookie",
+    f"With distribution (`beamops_release_distribution` `sname` or `name`), "
+    f"`beamops_release_cookie` has at least {COOKIE_MIN_LENGTH} printable ASCII characters, "
+    f"no space, and at least {COOKIE_MIN_DISTINCT} different ones. Its value is never shown.",
+)
+def _check_cookie(inputs: Inputs) -> Iterator[str]:
+    if inputs.get("beamops_release_distribution", "sname") == "none":
+        return
+    cookie = inputs.get("beamops_release_cookie", "")
+    if not isinstance(cookie, str) or len(cookie) < COOKIE_MIN_LENGTH:
+        yield (
+            f"beamops_release_cookie: expected at least {COOKIE_MIN_LENGTH} characters (from "
+            "ansible-vault), because beamops_release_distribution is not none"
+        )
+    elif not all("!" <= c <= "~" for c in cookie):
+        yield "beamops_release_cookie: expected printable ASCII without spaces"
+    elif len(set(cookie)) < COOKIE_MIN_DISTINCT:
+        yield (
+            f"beamops_release_cookie: too weak: expected at least {COOKIE_MIN_DISTINCT} "
+            "different characters (e.g. openssl rand -base64 32)"
+        )
+
+
+@rule(
+    "Example secrets",
+    "No secret (`beamops_release_cookie`, a value of `beamops_secret_env`) is one of the "
+    "examples shipped in `inventories/` (anyone can read them), unless "
+    "`beamops_allow_example_secrets` is true, as in the demo inventory only.",
+)
+def _check_example_secrets(inputs: Inputs) -> Iterator[str]:
+    if inputs.get("beamops_allow_example_secrets", False):
+        return
+    secrets = [("beamops_release_cookie", inputs.get("beamops_release_cookie"))]
+    env = inputs.get("beamops_secret_env", {})
+    if isinstance(env, Mapping):
+        secrets += [(f"beamops_secret_env.{name}", value) for name, value in env.items()]
+    for name, value in secrets:
+        if isinstance(value, str) and fingerprint(value) in EXAMPLE_SECRETS:
+            yield (
+                f"{name} is an example secret shipped with beamops.release (public); generate "
+                "your own and keep it in ansible-vault"
+            )
