@@ -33,9 +33,7 @@ class ActionModule(ActionBase):  # type: ignore[misc]
         found = unreadable + input_checks.problems(values, purpose)
         if found:
             listed = "".join(f"\n  - {problem}" for problem in found)
-            raise AnsibleActionFail(
-                f"{len(found)} input problem(s); nothing was changed on any host:{listed}"
-            )
+            raise AnsibleActionFail(f"{len(found)} input problem(s). No host was changed:{listed}")
         result.update(changed=False, checked=sorted(values), rules=len(input_checks.RULES))
         return result
 

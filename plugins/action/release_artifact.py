@@ -24,7 +24,7 @@ from ansible_collections.beamops.release.plugins.module_utils.release_unpack imp
     sha256_of,
 )
 
-NOTHING_CHANGED = "Refused before any host was changed."
+NOTHING_CHANGED = "No host was changed."
 
 
 def download(url: str, dest: str, sha256: str, timeout: int) -> None:

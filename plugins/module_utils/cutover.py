@@ -29,6 +29,7 @@ from ansible_collections.beamops.release.plugins.module_utils import (
     haproxy_runtime,
     health_probe,
     release_state,
+    routing,
 )
 from ansible_collections.beamops.release.plugins.module_utils.atomic_file import (
     read_text,
@@ -124,6 +125,16 @@ class Settings:
         if not 0 < self.watch_max_5xx_ratio <= 1:
             found.append(f"watch_max_5xx_ratio must be in (0, 1], got {self.watch_max_5xx_ratio}")
         return found
+
+    def routing(self) -> routing.Routing:
+        """Where this host's proxy says which slot it routes to."""
+        return routing.Routing(
+            proxy=self.proxy,
+            app=self.app,
+            nginx_upstream_file=self.nginx_upstream_file,
+            haproxy_map_file=self.haproxy_map_file,
+            slots_dir=os.path.join(self.base_dir, "slots"),
+        )
 
     def unit(self, slot: str) -> str:
         return f"{self.app}@{slot}.service"
@@ -234,7 +245,7 @@ class NginxProxy(Proxy):
         s = self.settings
         lines = [
             "# Managed by beamops.release (slot_cutover): rewritten on every switch.",
-            f"# live slot: {primary}; fallback: {fallback or 'none'}",
+            f"{routing.NGINX_MARK}{primary}; fallback: {fallback or 'none'}",
             f"upstream {s.app}_live {{",
             f"    server 127.0.0.1:{s.slot_ports[primary]} max_fails=0;",
         ]
@@ -244,15 +255,7 @@ class NginxProxy(Proxy):
         return "\n".join(lines)
 
     def live_slot(self) -> Optional[str]:
-        try:
-            with open(self.settings.nginx_upstream_file, encoding="utf-8") as handle:
-                for line in handle:
-                    if line.startswith("# live slot: "):
-                        slot = line.split(":", 1)[1].split(";")[0].strip()
-                        return slot if slot in SLOTS else None
-        except OSError:
-            return None
-        return None
+        return routing.nginx_live_slot(self.settings.nginx_upstream_file)
 
     def route(self, primary: str, fallback: Optional[str]) -> None:
         path = self.settings.nginx_upstream_file
@@ -348,16 +351,7 @@ class HaproxyProxy(Proxy):
         return f"{self.settings.app}_{slot}"
 
     def live_slot(self) -> Optional[str]:
-        try:
-            with open(self.settings.haproxy_map_file, encoding="utf-8") as handle:
-                for line in handle:
-                    key, _, value = line.strip().partition(" ")
-                    if key == "live":
-                        slot = value.strip()[len(self.settings.app) + 1 :]
-                        return slot if slot in SLOTS else None
-        except OSError:
-            return None
-        return None
+        return routing.haproxy_live_slot(self.settings.haproxy_map_file, self.settings.app)
 
     def route(self, primary: str, fallback: Optional[str]) -> None:
         # The fallback is the other server of the primary's backend, a `backup` in the
@@ -495,6 +489,7 @@ class Cutover:
             self.out.stage = "done"
             self.out.msg = self._what() + " would be started, switched to and watched"
             return self.out
+        self._refuse_the_serving_slot()
         self._timed("drain_wait", lambda: wait_for_retirement(self.s, self.r.slot, self.run))
         linked = self._link(release_dir)
         if not self._timed("start", lambda: self._start(linked)):
@@ -518,6 +513,18 @@ class Cutover:
         self.out.stage = "done"
         self.out.msg = f"{self.r.event} of {self.r.version} to slot {self.r.slot} ok"
         return self.out
+
+    def _refuse_the_serving_slot(self) -> None:
+        """The slot the proxy routes to is never relinked or restarted, whatever the state
+        says: after a run killed between its switch and its state write, the state names the
+        other slot. Taking the deploy lock repairs that; this is the last line of defence."""
+        serving = self.proxy.live_slot()
+        if self.r.from_slot and serving == self.r.slot:
+            raise CutoverError(
+                f"the proxy routes to slot {self.r.slot}, which the state calls idle (it says "
+                f"{self.r.from_slot} serves): refusing to relink or restart the slot that serves. "
+                "Re-run: taking the deploy lock with routing makes the state follow the proxy"
+            )
 
     def _what(self) -> str:
         host = f"{self.r.host}: " if self.r.host else ""

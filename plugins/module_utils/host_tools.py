@@ -29,12 +29,21 @@ from ansible_collections.beamops.release.plugins.module_utils import (
     health_probe,
     release_state,
     rollback,
+    routing,
 )
 
 # What the rollback command imports, and what those import.
 SHARED_FILES = tuple(
     f"{module.__name__.rsplit('.', 1)[-1]}.py"
-    for module in (atomic_file, cutover, haproxy_runtime, health_probe, release_state, rollback)
+    for module in (
+        atomic_file,
+        cutover,
+        haproxy_runtime,
+        health_probe,
+        release_state,
+        rollback,
+        routing,
+    )
 )
 
 PACKAGE = "ansible_collections.beamops.release.plugins.module_utils"

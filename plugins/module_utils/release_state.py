@@ -50,6 +50,8 @@ from typing import (
     TypedDict,
 )
 
+from ansible_collections.beamops.release.plugins.module_utils import routing
+
 SCHEMA_VERSION = 1
 SLOTS: Tuple[str, ...] = ("blue", "green")
 STATUSES: Tuple[str, ...] = ("installed", "good", "bad")
@@ -203,6 +205,9 @@ class Request:
     releases_dir: Optional[str] = None
     keep: Optional[int] = None
     protect: List[str] = dataclasses.field(default_factory=list)
+    # read and lock: where the proxy says which slot it routes to (see routing.Routing). read
+    # reports a state that disagrees with it; lock also makes the state follow the proxy.
+    routing: Optional[Dict[str, Any]] = None
 
 
 @dataclasses.dataclass
@@ -753,6 +758,7 @@ def execute(
     if request.action == "read":
         state, text = read_state(request.path)
         outcome = _Outcome(msg=_summary(state, request.path, text is None))
+        outcome.extra.update(_routing_view(state, routing.routing_from(request.routing)))
         return _result(
             request=request,
             state=state,
@@ -835,16 +841,39 @@ def _append_history(
     result: Optional[str] = None,
     msg: Optional[str] = None,
 ) -> None:
-    history = ctx.state["history"]
+    append_history(
+        ctx.state,
+        ctx.timestamp,
+        ctx.request.run_id,
+        event,
+        version=version,
+        slot=slot,
+        result=result,
+        msg=msg,
+    )
+
+
+def append_history(
+    state: State,
+    timestamp: str,
+    run_id: Optional[str],
+    event: str,
+    *,
+    version: Optional[str] = None,
+    slot: Optional[str] = None,
+    result: Optional[str] = None,
+    msg: Optional[str] = None,
+) -> None:
+    history = state["history"]
     history.append(
         {
-            "at": ctx.timestamp,
+            "at": timestamp,
             "event": event,
             "version": version,
             "slot": slot,
             "result": result,
             "msg": _clip(msg),
-            "run_id": ctx.request.run_id,
+            "run_id": run_id,
         }
     )
     del history[:-HISTORY_LIMIT]
@@ -911,7 +940,62 @@ def _do_lock(ctx: _Context) -> _Outcome:
         "since": ctx.timestamp,
         "pid": request.pid,
     }
+    _follow_the_proxy(ctx, outcome)
     return outcome
+
+
+def _routing_view(state: State, where: Optional[routing.Routing]) -> Dict[str, Any]:
+    """routed_slot: the slot the proxy routes to; drift: why the state disagrees, or ''."""
+    if where is None:
+        return {}
+    routed = routing.routed_slot(where)
+    active = state["active"]
+    drift = ""
+    if routed is not None and active is not None and routed != active["slot"]:
+        drift = (
+            f"the state says {active['version']} serves on slot {active['slot']}, but the "
+            f"proxy routes to slot {routed}"
+        )
+    return {"routed_slot": routed, "drift": drift}
+
+
+def follow_the_proxy(
+    state: State, where: Optional[routing.Routing], timestamp: str, run_id: Optional[str]
+) -> Tuple[Dict[str, Any], Optional[str]]:
+    """Make ``state`` name the slot the proxy really routes to; return (view, warning).
+
+    A run killed between the switch and the state write leaves them apart; taking the state's
+    word would make the next run restart the slot that serves. The proxy is what clients
+    see, so the state follows it (never the other way round), and the warning says so. When
+    the routed slot runs no release the state knows, nothing changes but the warning.
+    """
+    view = _routing_view(state, where)
+    if where is None or not view.get("drift"):
+        return view, None
+    slot = str(view["routed_slot"])
+    version = routing.slot_version(where, slot)
+    if version is None or version not in state["releases"]:
+        return view, (
+            f"{view['drift']}, and slot {slot} runs no release this state knows "
+            f"({version or 'no link'}): left as it is; no cutover restarts slot {slot}"
+        )
+    repaired = f"{view['drift']}: the state now follows the proxy ({version} on {slot})"
+    state["previous"] = state["active"]
+    state["active"] = {"slot": slot, "version": version, "since": timestamp, "event": "repair"}
+    append_history(
+        state, timestamp, run_id, "repair", version=version, slot=slot,
+        result="followed proxy", msg=repaired,
+    )  # fmt: skip
+    view["drift_repaired"] = True
+    return view, repaired
+
+
+def _follow_the_proxy(ctx: _Context, outcome: _Outcome) -> None:
+    where = routing.routing_from(ctx.request.routing)
+    view, warning = follow_the_proxy(ctx.state, where, ctx.timestamp, ctx.request.run_id)
+    outcome.extra.update(view)
+    if warning:
+        outcome.warnings.append(warning)
 
 
 def _do_unlock(ctx: _Context) -> _Outcome:

@@ -54,7 +54,11 @@ def make_plan(
     settings: cutover.Settings, to: Optional[str], run: cutover.Run = cutover.run_command
 ) -> Plan:
     """What a rollback would do, or a CutoverError saying why there is none."""
-    view = release_state.execute(release_state.Request(action="read", path=settings.state_path))
+    state, _ = release_state.read_state(settings.state_path)
+    # As the lock will: when a run was killed between its switch and its state write, the
+    # slot the proxy routes to is the active one, whatever the file says.
+    release_state.follow_the_proxy(state, settings.routing(), "", None)
+    view = release_state.derive_view(state)
     active_slot, active_version = view["active_slot"], view["active_version"]
     if not active_slot:
         raise cutover.CutoverError(
@@ -96,6 +100,7 @@ def _lock(settings: cutover.Settings, run_id: str, holder: str, purpose: str, fo
             purpose=purpose,
             force=force,
             pid=os.getpid(),
+            routing=dataclasses.asdict(settings.routing()),
         )
     )
     return "already held by this run" not in str(result.get("msg", ""))

@@ -153,6 +153,16 @@ options:
     type: list
     elements: str
     default: []
+  routing:
+    description:
+      - For I(action=read) and I(action=lock), where the host's proxy says which slot it routes
+        to - keys C(proxy) (C(nginx) or C(haproxy)), C(app), C(nginx_upstream_file),
+        C(haproxy_map_file) and C(slots_dir) (the slot links).
+      - I(action=read) then reports RV(routed_slot) and RV(drift). I(action=lock) also makes the
+        state follow the proxy when they disagree (a run killed between its switch and its state
+        write); the routed slot and the release its link points to become the active ones, with
+        a C(repair) history entry and a warning. The proxy is never changed.
+    type: dict
 notes:
   - Timestamps are UTC, ISO-8601 with a C(Z) suffix. The history keeps the last 200 entries.
   - The module runs on the managed host and needs only the Python standard library (3.8+).
@@ -402,6 +412,18 @@ lock:
       type: int
   sample: {run_id: "20260131T115800-4242", holder: alice@ctl, purpose: deploy 0.2.0,
            since: "2026-01-31T11:58:00Z", pid: 4242}
+routed_slot:
+  description: The slot the proxy routes to (C(null) when its routing file names none).
+  returned: when I(routing) is given
+  type: str
+drift:
+  description: Why the state and the proxy disagree, or an empty string when they agree.
+  returned: when I(routing) is given
+  type: str
+drift_repaired:
+  description: True when I(action=lock) made the state follow the proxy.
+  returned: when the state was repaired
+  type: bool
 stolen_from:
   description: The lock that I(force) or I(stale_after) took over or released, else C(null).
   returned: when I(action) is C(lock) or C(unlock)
@@ -476,6 +498,7 @@ ARGUMENT_SPEC: Dict[str, Dict[str, Any]] = {
     "releases_dir": {"type": "path"},
     "keep": {"type": "int"},
     "protect": {"type": "list", "elements": "str", "default": []},
+    "routing": {"type": "dict"},
 }
 
 REQUIRED_IF = [

@@ -402,3 +402,17 @@ def test_a_drain_in_progress_is_waited_for(
     with pytest.raises(co.CutoverError, match="still draining"):
         co.wait_for_retirement(settings, "green", forever, sleep=lambda _: None,
                                clock=lambda: float(next(clock)))  # fmt: skip
+
+
+def test_the_slot_the_proxy_routes_to_is_never_restarted(
+    tmp_path: Path, slots: Dict[str, ScriptedServer]
+) -> None:
+    """A killed run left the proxy on blue and the state on green: blue is not idle."""
+    settings = make_settings(tmp_path, slots)
+    commands = Commands()
+    proxy = RecordingProxy(settings)
+    proxy.routes.append(("blue", None, 0.0))
+    with pytest.raises(co.CutoverError, match="refusing to relink or restart the slot that serves"):
+        cutover(settings, commands, proxy).execute()
+    assert commands.seen == [] and len(proxy.routes) == 1
+    assert not (Path(settings.base_dir) / "slots" / "blue").exists()

@@ -171,3 +171,16 @@ def test_host_tools_install_the_gate_the_package_and_a_working_command(tmp_path:
     assert found.returncode == 0, found.stderr
     assert "usage: demo-rollback [-h] --config-dir" not in found.stdout
     assert "Roll this host back to the previous good release" in found.stdout
+
+
+def test_the_plan_follows_the_proxy_when_a_killed_run_left_the_state_behind(
+    settings: co.Settings,
+) -> None:
+    """State: 0.2.0 on green. The proxy routes to blue, where a killed deploy put 0.1.0 live."""
+    slots_dir = Path(settings.base_dir) / "slots"
+    slots_dir.mkdir()
+    os.symlink(Path(settings.base_dir) / "releases" / "0.1.0", slots_dir / "blue")
+    Path(settings.nginx_upstream_file).write_text("# live slot: blue; fallback: green\n")
+    plan = rb.make_plan(settings, None, Commands({("systemctl", "is-active"): (3, "")}))
+    assert (plan.from_slot, plan.from_version, plan.slot, plan.version) == (
+        "blue", "0.1.0", "green", "0.2.0")  # fmt: skip
