@@ -478,6 +478,12 @@ class Cutover:
     # ----------------------------------------------------------------- entry point
 
     def execute(self, check_mode: bool = False) -> Outcome:
+        if check_mode:
+            return self._execute(check_mode)
+        with release_state.cutover_in_progress(self.s.state_path):
+            return self._execute(check_mode)
+
+    def _execute(self, check_mode: bool) -> Outcome:
         problems = self.r.problems()
         if problems:
             raise CutoverError("; ".join(problems))

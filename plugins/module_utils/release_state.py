@@ -587,6 +587,42 @@ def exclusive_file_lock(path: str, timeout: float = FILE_LOCK_TIMEOUT) -> Iterat
         os.close(fd)  # closing the descriptor releases the flock
 
 
+def cutover_mark_path(path: str) -> str:
+    return path + ".cutover"
+
+
+@contextmanager
+def cutover_in_progress(path: str) -> Iterator[None]:
+    """Held (an flock on ``<state>.cutover``, naming this pid) for as long as a cutover or a
+    host rollback runs. The module outlives a killed controller; a forced take-over of the
+    deploy lock must not start a second cutover beside it."""
+    mark = cutover_mark_path(path)
+    fd = os.open(mark, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, LOCK_FILE_MODE)
+    try:
+        _flock_with_timeout(fd, mark, FILE_LOCK_TIMEOUT)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def cutover_running(path: str) -> Optional[str]:
+    """The pid of a cutover still running on this host, or None."""
+    mark = cutover_mark_path(path)
+    try:
+        fd = os.open(mark, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return os.read(fd, 32).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(fd)
+    return None
+
+
 def _flock_with_timeout(fd: int, lock_path: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -923,6 +959,14 @@ def _do_lock(ctx: _Context) -> _Outcome:
             raise LockHeldError(
                 f"{describe_lock(request.path, current, ctx.now)}; wait for it or run with "
                 "force (or stale_after) to take it over",
+                current,
+            )
+        switching = cutover_running(request.path)
+        if switching:
+            raise LockHeldError(
+                f"{describe_lock(request.path, current, ctx.now)}, and its cutover is still "
+                f"running on this host (pid {switching}): not taken over; it finishes by itself "
+                "within its watch and drain, then try again",
                 current,
             )
         how = f"stale (older than stale_after={request.stale_after}s)" if stale else "forced"

@@ -10,13 +10,15 @@ import base64
 import hashlib
 import io
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import tarfile
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import pytest
 from conftest import HOSTS, STATE_FILE, Fleet, LoadedFleet, address, deploykit, systemd_env
@@ -602,3 +604,88 @@ def test_playbooks_run_from_the_installed_collection(fleet: Fleet, tmp_path: Pat
     )
     assert again.rc == 0, again.tail()
     assert all(counts["changed"] == 0 for counts in again.recap.values()), again.changed_tasks()
+
+
+def wait_until(check: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_a_controller_killed_during_the_watch_leaves_hosts_that_converge(fleet: Fleet) -> None:
+    """kill -9 of ansible-playbook once bo1's proxy has switched. The cutover module on each
+    host finishes by itself (switch, watch, record); a forced re-run waits for it rather than
+    starting a second cutover beside it, then converges. No request fails."""
+    before = {name: fleet.proxy_config_slot(name) for name in HOSTS}
+    cmd = [str(deploykit.BIN / "ansible-playbook"), str(deploykit.REPO / "playbooks/deploy.yml")]
+    cmd += [arg for inventory in fleet.inventories for arg in ("-i", inventory)]
+    cmd += [*deploykit.release_args("0.5.0"), "-e", "beamops_watch_seconds=12"]
+    with fleet.under_load() as load:
+        controller = subprocess.Popen(
+            cmd, cwd=deploykit.REPO, env=deploykit.ansible_env(), start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            wait_until(lambda: fleet.proxy_config_slot("bo1") != before["bo1"], 90, "the switch")
+        finally:
+            os.killpg(controller.pid, signal.SIGKILL)
+            controller.wait()
+        forced = fleet.deploy("0.5.0", "-e", "beamops_lock_force=true")
+        assert forced.rc != 0 and "its cutover is still running on this host" in forced.output, (
+            forced.tail()
+        )
+        wait_until(
+            lambda: all(fleet.state(n)["lock"] is None or not fleet.hosts[n].run(
+                "flock -n /opt/sample_app/release-state.json.cutover true").rc for n in HOSTS),
+            60, "the orphaned cutovers to finish",
+        )  # fmt: skip
+        again = fleet.deploy("0.5.0", "-e", "beamops_lock_force=true")
+    assert again.rc == 0, again.tail()
+    for name in HOSTS:
+        state = fleet.state(name)
+        assert state["lock"] is None
+        assert (state["active"]["version"], state["active"]["slot"]) == (
+            "0.5.0", fleet.proxy_config_slot(name))  # fmt: skip
+    assert fleet.served() == {
+        name: f"sample_app 0.5.0 on {fleet.proxy_config_slot(name)}" for name in HOSTS
+    }
+    assert load.failed() == 0, load.results
+
+
+def serving_pid(fleet: Fleet, name: str) -> str:
+    unit = f"sample_app@{fleet.proxy_config_slot(name)}.service"
+    return str(fleet.hosts[name].check_output(f"systemctl show -p MainPID --value {unit}"))
+
+
+# What a run killed between its switch and its state write leaves behind: the proxy on the new
+# slot, the state file still naming the old one as active.
+FORGET_THE_SWITCH = (
+    "python3 -c 'import json; p=\"" + STATE_FILE + '"; s=json.load(open(p)); '
+    's["active"]=s["previous"]; json.dump(s, open(p, "w"))\''
+)
+
+
+def test_a_run_killed_between_switch_and_record_is_repaired_from_the_proxy(fleet: Fleet) -> None:
+    """The re-run follows what the proxy routes to: the serving slot is never restarted, no
+    request fails, the state names the slot that serves; status.yml shows the drift first."""
+    first = fleet.deploy("0.4.0", "-e", "beamops_keep_old_warm=true")
+    assert first.rc == 0, first.tail()
+    for host in fleet.hosts.values():
+        host.check_output(FORGET_THE_SWITCH)
+    status = fleet.playbook("status")
+    assert status.rc == 0, status.tail()
+    assert status.output.count("but the proxy routes") == len(HOSTS), status.tail()
+    pids = {name: serving_pid(fleet, name) for name in HOSTS}
+    with fleet.under_load() as load:
+        again = fleet.deploy("0.4.0")
+    assert again.rc == 0, again.tail()
+    # One warning line per distinct text: Ansible prints identical warnings once.
+    assert "the state now follows the proxy (0.4.0 on" in again.output, again.tail()
+    assert {name: serving_pid(fleet, name) for name in HOSTS} == pids
+    for name in HOSTS:
+        active = fleet.state(name)["active"]
+        assert (active["slot"], active["version"]) == (fleet.proxy_config_slot(name), "0.4.0")
+    assert load.failed() == 0, load.results
+    after = fleet.playbook("status")
+    assert after.output.count("state_and_proxy: agree") == len(HOSTS), after.tail()

@@ -135,3 +135,19 @@ def test_check_mode_lock_repairs_nothing_on_disk(tmp_path: Path, where: ro.Routi
         check_mode=True,
     )
     assert Path(path).read_bytes() == before
+
+
+def test_a_forced_take_over_waits_for_a_cutover_still_running(tmp_path: Path) -> None:
+    """A killed controller leaves its lock; its cutover module may still be switching."""
+    path = state_path(tmp_path)
+    rs.execute(rs.Request(action="lock", path=path, run_id="killed", holder="a@ctl"))
+    forced = rs.Request(action="lock", path=path, run_id="r2", holder="b@ctl", force=True)
+    with rs.cutover_in_progress(path):
+        assert rs.cutover_running(path) == str(os.getpid())
+        with pytest.raises(
+            rs.LockHeldError, match=rf"still running on this host \(pid {os.getpid()}\)"
+        ):
+            rs.execute(forced)
+    assert rs.cutover_running(path) is None
+    taken = rs.execute(forced)
+    assert taken["lock"]["run_id"] == "r2" and taken["stolen_from"]["run_id"] == "killed"
