@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 import re
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
@@ -324,6 +325,26 @@ def _check_ports(inputs: Inputs) -> Iterator[str]:
     if len(set(map(str, numbers))) != len(numbers):
         listed = ", ".join(f"{name}={port}" for name, port in ports)
         yield f"ports must be distinct: {listed}"
+
+
+@rule(
+    "Trusted proxies",
+    "`beamops_proxy_trusted_proxies`: a list of IP networks or addresses (`10.0.0.0/8`, "
+    "`192.0.2.7`, `2001:db8::/32`), whose forwarded headers the proxy believes.",
+)
+def _check_trusted_proxies(inputs: Inputs) -> Iterator[str]:
+    networks = inputs.get("beamops_proxy_trusted_proxies", [])
+    if not isinstance(networks, (list, tuple)):
+        yield f"beamops_proxy_trusted_proxies: got {shown(networks)}; expected a list of networks"
+        return
+    for network in networks:
+        try:
+            ipaddress.ip_network(str(network), strict=False)
+        except ValueError:
+            yield (
+                f"beamops_proxy_trusted_proxies: {shown(network)} is not an IP network or "
+                "address"
+            )
 
 
 @rule(

@@ -3,8 +3,13 @@
 """The per-host proxy's configuration for one app, in one call; it moves no traffic.
 
 nginx: the site (rewritten when it differs) and the upstream file (created once; from then
-on slot_cutover owns it). HAProxy: the live map (created once, then slot_cutover's) and
-haproxy.cfg (checked with ``haproxy -c`` before it replaces the old one).
+on slot_cutover owns it). HAProxy: the live map (created once, then slot_cutover's) and the
+app's own file in ``/etc/haproxy/beamops.d/``, loaded beside the host's ``haproxy.cfg`` (a
+systemd drop-in adds ``-f /etc/haproxy/beamops.d``), so the host's global settings, chroot
+and other applications stay. The whole set is checked with ``haproxy -c`` before anything
+is replaced. A ``haproxy.cfg`` an earlier version of this collection wrote is put back to
+Debian's defaults; a host configuration without an admin runtime socket gets one in its own
+file.
 
 When a file changed, the other proxy gives up the port (Debian's default nginx site, this
 app's nginx site, a HAProxy this collection configured), the configuration is validated
@@ -16,9 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
+import tempfile
 import time
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 from ansible_collections.beamops.release.plugins.module_utils import haproxy_runtime
 from ansible_collections.beamops.release.plugins.module_utils.atomic_file import (
@@ -34,6 +41,36 @@ Run = Callable[[Sequence[str], float], "subprocess.CompletedProcess[str]"]
 # path, wanted text, written only when the file is missing (then slot_cutover owns it)
 FileSpec = Tuple[str, str, bool]
 HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
+HAPROXY_DIR = "/etc/haproxy/beamops.d"
+HAPROXY_DROPIN = "/etc/systemd/system/haproxy.service.d/beamops.conf"
+# Debian's haproxy.service runs `haproxy -f $CONFIG` and checks reloads with the same words:
+# unbraced, $CONFIG splits into both -f arguments.
+HAPROXY_DROPIN_TEXT = (
+    "# Managed by beamops.release: the apps' files are loaded beside the host's haproxy.cfg.\n"
+    "[Service]\n"
+    f'Environment="CONFIG={HAPROXY_CFG} -f {HAPROXY_DIR}"\n'
+)
+RUNTIME_API_FILE = "00-runtime-api.cfg"
+# Debian's own haproxy.cfg, put back where an earlier version replaced it with its own.
+DEBIAN_HAPROXY_CFG = """global
+\tlog /dev/log\tlocal0
+\tlog /dev/log\tlocal1 notice
+\tchroot /var/lib/haproxy
+\tstats socket /run/haproxy/admin.sock mode 660 level admin
+\tstats timeout 30s
+\tuser haproxy
+\tgroup haproxy
+\tdaemon
+
+defaults
+\tlog\tglobal
+\tmode\thttp
+\toption\thttplog
+\toption\tdontlognull
+\ttimeout connect 5000
+\ttimeout client  50000
+\ttimeout server  50000
+"""
 NGINX_DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
 # haproxy.cfg written by this collection says so in its first lines.
 OURS_MARK = "Per-host proxy for"
@@ -55,7 +92,20 @@ class Request:
     live_map: str = ""  # HAProxy map text, written only when the file is missing
     disable_default_site: bool = True
     haproxy_socket: str = "/run/haproxy/admin.sock"
-    haproxy_cfg_path: str = HAPROXY_CFG
+    haproxy_app_file: str = ""  # the app's file; default <haproxy_dir>/<map name>.cfg
+    haproxy_cfg_path: str = HAPROXY_CFG  # the host's own configuration, left alone
+    haproxy_dropin: str = HAPROXY_DROPIN
+
+    @property
+    def haproxy_dir(self) -> str:
+        return os.path.dirname(self.app_file)
+
+    @property
+    def app_file(self) -> str:
+        if self.haproxy_app_file:
+            return self.haproxy_app_file
+        name = os.path.basename(self.haproxy_map_file).replace("-live.map", "")
+        return os.path.join(HAPROXY_DIR, f"{name}.cfg")
 
 
 @dataclasses.dataclass
@@ -91,10 +141,24 @@ class ProxySetup:
                 (self.r.nginx_site_file, self.r.site, False),
                 (self.r.nginx_upstream_file, self.r.upstream, True),
             ]
-        return [
-            (self.r.haproxy_map_file, self.r.live_map, True),
-            (self.r.haproxy_cfg_path, self.r.haproxy_cfg, False),
-        ]
+        files: List[FileSpec] = [(self.r.haproxy_map_file, self.r.live_map, True)]
+        base = read_text(self.r.haproxy_cfg_path)
+        if base is None or OURS_MARK in base:
+            base = DEBIAN_HAPROXY_CFG
+            files.append((self.r.haproxy_cfg_path, base, False))
+        if not self._has_admin_socket(base):
+            socket = f"global\n    stats socket {self.r.haproxy_socket} mode 600 level admin\n"
+            files.append((os.path.join(self.r.haproxy_dir, RUNTIME_API_FILE), socket, False))
+        files.append((self.r.app_file, self.r.haproxy_cfg, False))
+        files.append((self.r.haproxy_dropin, HAPROXY_DROPIN_TEXT, False))
+        return files
+
+    def _has_admin_socket(self, config: str) -> bool:
+        for line in config.splitlines():
+            words = line.split()
+            if words[:3] == ["stats", "socket", self.r.haproxy_socket] and "admin" in words:
+                return True
+        return False
 
     @staticmethod
     def _differs(path: str, text: str, create_only: bool) -> bool:
@@ -111,9 +175,8 @@ class ProxySetup:
         then = [spec for spec in pending if not spec[2]]
         for path, text, _ in first:
             write_if_changed(path, text, 0o644)
-        new_cfg = next((text for path, text, _ in then if path == self.r.haproxy_cfg_path), None)
-        if self.r.proxy == "haproxy" and new_cfg is not None:
-            self._check_haproxy(new_cfg)
+        if self.r.proxy == "haproxy":
+            self._check_haproxy({path: text for path, text, _ in then})
         self._free_port()
         for path, text, _ in then:
             write_if_changed(path, text, 0o644)
@@ -125,7 +188,13 @@ class ProxySetup:
                 f"nginx rejected the configuration of this app ({rejected}); the previous one "
                 "was put back and traffic was not moved"
             )
-        self._systemctl("reload-or-restart", f"{self.r.proxy}.service")
+        if self.r.haproxy_dropin in self.result.written:
+            # A new command line: a reload keeps the old one, so the unit restarts (once).
+            self._systemctl("daemon-reload")
+            self._systemctl("restart", "haproxy.service")
+            self.result.actions.append("HAProxy now loads beamops.d beside haproxy.cfg")
+        else:
+            self._systemctl("reload-or-restart", f"{self.r.proxy}.service")
         if self.r.proxy == "haproxy":
             self._wait_for_haproxy_map()
 
@@ -149,18 +218,32 @@ class ProxySetup:
                 )
             time.sleep(0.1)
 
-    def _check_haproxy(self, text: str) -> None:
-        temp = f"{self.r.haproxy_cfg_path}.beamops-check"
-        write_if_changed(temp, text, 0o644)
+    def _check_haproxy(self, changes: Dict[str, str]) -> None:
+        """`haproxy -c` on the whole set as it will be: the host's haproxy.cfg, then every
+        file of beamops.d (other apps' too), with this run's changes in place."""
+        configs = [self.r.haproxy_cfg_path]
+        if os.path.isdir(self.r.haproxy_dir):
+            names = sorted(n for n in os.listdir(self.r.haproxy_dir) if n.endswith(".cfg"))
+            configs += [os.path.join(self.r.haproxy_dir, n) for n in names]
+        configs += [path for path in changes if path.endswith(".cfg") and path not in configs]
+        staging = tempfile.mkdtemp(prefix="beamops-haproxy-check-")
         try:
-            check = self.run(["haproxy", "-c", "-f", temp], 30)
+            argv = ["haproxy", "-c"]
+            for index, path in enumerate(configs):
+                text = changes.get(path, read_text(path))
+                if text is None:
+                    continue
+                staged = os.path.join(staging, f"{index:02d}.cfg")
+                write_if_changed(staged, text, 0o600)
+                argv += ["-f", staged]
+            check = self.run(argv, 30)
         finally:
-            os.unlink(temp)
+            shutil.rmtree(staging, ignore_errors=True)
         if check.returncode != 0:
             why = (check.stderr or check.stdout).strip()
             raise ProxySetupError(
-                f"haproxy -c rejected the new haproxy.cfg ({why}); the previous one is in place "
-                "and traffic was not moved"
+                f"haproxy -c rejected this app's configuration beside the host's ({why}); the "
+                "previous files are in place and traffic was not moved"
             )
 
     def _free_port(self) -> None:
@@ -176,6 +259,11 @@ class ProxySetup:
             if OURS_MARK in cfg and self._active("haproxy.service"):
                 self._systemctl("disable", "--now", "haproxy.service")
                 self.result.actions.append("stopped the HAProxy this collection configured")
+            elif os.path.lexists(self.r.app_file):
+                os.unlink(self.r.app_file)
+                if self._active("haproxy.service"):
+                    self._systemctl("reload", "haproxy.service")
+                self.result.actions.append("removed this app's HAProxy frontend")
             return
         for path in (self.r.nginx_site_file, self.r.nginx_upstream_file):
             if os.path.lexists(path):

@@ -16,7 +16,13 @@ description:
   - "nginx: writes the site O(nginx_site_file) when it differs, and the upstream file
     O(nginx_upstream_file) only when it is missing (from then on M(beamops.release.slot_cutover)
     rewrites it at each switch). HAProxy: writes the live map O(haproxy_map_file) only when it
-    is missing, and C(haproxy.cfg) when it differs, after C(haproxy -c) accepted it."
+    is missing, and the app's own file O(haproxy_app_file) when it differs. That file is loaded
+    beside the host's C(haproxy.cfg) (a systemd drop-in for C(haproxy.service) adds
+    C(-f /etc/haproxy/beamops.d); the unit restarts once when the drop-in is new), so the
+    host's global settings, chroot and other applications stay. A C(haproxy.cfg) an earlier
+    version of this collection wrote is put back to Debian's defaults; a host configuration
+    without an admin runtime socket at O(haproxy_socket) gets one in its own file. The whole set
+    is checked with C(haproxy -c) before anything is replaced."
   - "When a file changed, the other proxy gives up the port (Debian's default nginx site, this
     app's nginx site, a HAProxy this collection configured), nginx's configuration is tested
     with C(nginx -t) (a rejected site is put back), and the proxy reloads. The proxy ends
@@ -48,8 +54,14 @@ options:
     type: str
     default: ""
   haproxy_cfg:
-    description: The text of C(haproxy.cfg) (O(proxy=haproxy)).
+    description: The text of the app's HAProxy file - its frontend and backends (O(proxy=haproxy)).
     type: str
+    default: ""
+  haproxy_app_file:
+    description:
+      - Where the app's HAProxy file goes, in C(/etc/haproxy/beamops.d/). Defaults to
+        C(/etc/haproxy/beamops.d/<name>.cfg), the name taken from O(haproxy_map_file).
+    type: path
     default: ""
   live_map:
     description: The live map's first text (O(proxy=haproxy)).
@@ -120,6 +132,7 @@ ARGUMENT_SPEC: Dict[str, Dict[str, Any]] = {
     "site": {"type": "str", "default": ""},
     "upstream": {"type": "str", "default": ""},
     "haproxy_cfg": {"type": "str", "default": ""},
+    "haproxy_app_file": {"type": "path", "default": ""},
     "live_map": {"type": "str", "default": ""},
     "disable_default_site": {"type": "bool", "default": True},
     "haproxy_socket": {"type": "path", "default": "/run/haproxy/admin.sock"},

@@ -462,6 +462,15 @@ def test_version_endpoint(server: Release, build: Build) -> None:
     assert response.json() == {"version": build.version, "slot": "blue", "node": "nonode@nohost"}
 
 
+def test_forwarded_echoes_what_the_proxy_in_front_said(server: Release) -> None:
+    response = server.get(
+        "/forwarded", headers={"X-Forwarded-For": "192.0.2.7", "X-Forwarded-Proto": "https"}
+    )
+    assert response.status == 200
+    assert response.json() == {"x_forwarded_for": ["192.0.2.7"], "x_forwarded_proto": ["https"]}
+    assert server.get("/forwarded").json() == {"x_forwarded_for": [], "x_forwarded_proto": []}
+
+
 def test_metrics_exposition(server: Release, build: Build) -> None:
     before = server.get("/metrics")
     assert before.status == 200

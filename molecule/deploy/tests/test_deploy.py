@@ -51,6 +51,18 @@ def test_release_files_are_roots_and_secrets_are_root_only(fleet: Fleet) -> None
         assert host.check_output("systemctl show -p User --value sample_app@blue") == "sample_app"
 
 
+def test_the_proxies_set_the_forwarded_headers_from_the_peer(fleet: Fleet) -> None:
+    """A client's own X-Forwarded-For and X-Forwarded-Proto never reach the release: both
+    proxies replace them with the peer's address and their own scheme."""
+    spoofed = "-H 'X-Forwarded-For: 6.6.6.6' -H 'X-Forwarded-Proto: https'"
+    for name, host in fleet.hosts.items():
+        answer = host.check_output(f"curl -s --max-time 3 {spoofed} http://127.0.0.1/forwarded")
+        assert json.loads(answer) == {
+            "x_forwarded_for": ["127.0.0.1"],
+            "x_forwarded_proto": ["http"],
+        }, (name, answer)
+
+
 def test_deploy_0_2_0_under_load_fails_no_request(fleet: Fleet) -> None:
     with fleet.under_load() as load:
         run = fleet.deploy("0.2.0")

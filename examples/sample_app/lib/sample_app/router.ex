@@ -12,7 +12,22 @@ defmodule SampleApp.Router do
 
   @json "application/json"
   @text "text/plain; charset=utf-8"
-  @known_paths ["/", "/health/live", "/health/ready", "/version", "/metrics"]
+  @known_paths ["/", "/health/live", "/health/ready", "/version", "/metrics", "/forwarded"]
+
+  @doc "As route/2; /forwarded also sees the request's headers (lower-case names)."
+  @spec route(String.t(), String.t(), [{String.t(), String.t()}]) :: response()
+  def route(method, "/forwarded", headers) when method in ["GET", "HEAD"] do
+    # What the proxy in front told the release about the client: proves it sets the
+    # forwarded headers from the peer rather than passing on what a client claimed.
+    values = fn name -> for {^name, value} <- headers, do: value end
+
+    json(200, "/forwarded", %{
+      x_forwarded_for: values.("x-forwarded-for"),
+      x_forwarded_proto: values.("x-forwarded-proto")
+    })
+  end
+
+  def route(method, path, _headers), do: route(method, path)
 
   @spec route(String.t(), String.t()) :: response()
   def route(method, path) when method in ["GET", "HEAD"], do: get(path)

@@ -27,6 +27,7 @@ GOOD: Dict[str, Any] = {
     "beamops_watch_interval": 0.5,
     "beamops_releases_keep": 1,
     "beamops_drain_seconds": 0,
+    "beamops_proxy_trusted_proxies": ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"],
 }
 SECRET_VALUES = (GOOD["beamops_release_cookie"], GOOD["beamops_secret_env"]["SECRET_KEY_BASE"])
 
@@ -71,6 +72,8 @@ def test_good_inputs_pass() -> None:
         ({"beamops_proxy_port": 4002}, "ports must be distinct"),
         ({"beamops_proxy_port": 70000}, "beamops_proxy_port: got 70000; expected a TCP port"),
         ({"beamops_releases_keep": 0}, "beamops_releases_keep: got 0; expected at least 1"),
+        ({"beamops_proxy_trusted_proxies": ["10.0.0.0/8", "lb.example"]}, "'lb.example' is not"),
+        ({"beamops_proxy_trusted_proxies": "10.0.0.0/8"}, "expected a list of networks"),
         ({"beamops_drain_seconds": -1}, "beamops_drain_seconds: got -1; expected at least 0"),
         ({"beamops_watch_interval": 0}, "beamops_watch_interval: got 0; expected more than 0"),
         ({"beamops_watch_max_5xx_ratio": 1.5}, "expected at most 1"),

@@ -44,9 +44,11 @@ def nginx(tmp_path: Path, **changes: Any) -> ps.Request:
         haproxy_map_file=str(tmp_path / "app-live.map"),
         site="server {}\n",
         upstream="upstream app_live {}\n",
-        haproxy_cfg="global\n",
+        haproxy_cfg="frontend app_public\n",
         live_map="live app_blue\n",
         haproxy_cfg_path=str(tmp_path / "haproxy.cfg"),
+        haproxy_app_file=str(tmp_path / "beamops.d" / "app.cfg"),
+        haproxy_dropin=str(tmp_path / "haproxy.service.d" / "beamops.conf"),
     )
     for key, value in changes.items():
         setattr(made, key, value)
@@ -87,27 +89,78 @@ def test_a_site_nginx_rejects_is_put_back(tmp_path: Path) -> None:
     assert not commands.ran("systemctl", "reload-or-restart", "nginx.service")
 
 
-def test_haproxy_checks_the_new_config_before_it_replaces_the_old(
+HOST_CFG = "global\n    chroot /var/lib/haproxy\n    stats socket /run/haproxy/admin.sock mode 660 level admin\n"
+
+
+def test_haproxy_checks_the_whole_set_before_it_adds_the_app_beside_the_host_s_config(
     tmp_path: Path, runtime_api: type[RuntimeApi]
 ) -> None:
     runtime_api.loaded = [str(tmp_path / "app-live.map")]
-    (tmp_path / "haproxy.cfg").write_text("old cfg\n")
+    (tmp_path / "haproxy.cfg").write_text(HOST_CFG)
+    (tmp_path / "beamops.d").mkdir()
+    (tmp_path / "beamops.d" / "other.cfg").write_text("frontend other_public\n")
     (tmp_path / "app.conf").write_text("this app's nginx site\n")
     refused = Commands({("haproxy", "-c"): (1, "")})
     request = nginx(tmp_path, proxy="haproxy")
-    with pytest.raises(ps.ProxySetupError, match="haproxy -c rejected"):
+    with pytest.raises(ps.ProxySetupError, match="haproxy -c rejected this app's configuration"):
         ps.ProxySetup(request, refused).apply()
+    # The check saw the host's file, the other app's and this one's, in that order.
+    check = next(argv for argv in refused.seen if argv[:2] == ["haproxy", "-c"])
+    assert check.count("-f") == 3
     # The map is in place before the check: haproxy -c loads it.
     assert (tmp_path / "app-live.map").read_text() == "live app_blue\n"
-    assert (tmp_path / "haproxy.cfg").read_text() == "old cfg\n"
+    assert not (tmp_path / "beamops.d" / "app.cfg").exists()
     assert (tmp_path / "app.conf").exists(), "the port was given up for a config never applied"
     accepted = Commands()
     result = ps.ProxySetup(request, accepted).apply()
-    assert (tmp_path / "haproxy.cfg").read_text() == "global\n"
-    assert (tmp_path / "app-live.map").read_text() == "live app_blue\n"
+    assert (tmp_path / "haproxy.cfg").read_text() == HOST_CFG, "the host's config is left alone"
+    assert (tmp_path / "beamops.d" / "app.cfg").read_text() == "frontend app_public\n"
+    assert not (tmp_path / "beamops.d" / ps.RUNTIME_API_FILE).exists()
+    dropin = (tmp_path / "haproxy.service.d" / "beamops.conf").read_text()
+    assert f'CONFIG={ps.HAPROXY_CFG} -f {ps.HAPROXY_DIR}"' in dropin
+    assert accepted.ran("systemctl", "daemon-reload")
+    assert accepted.ran("systemctl", "restart", "haproxy.service")
     assert not (tmp_path / "app.conf").exists()
-    assert accepted.ran("systemctl", "reload-or-restart", "haproxy.service")
     assert result.changed
+    # Next time only the app's file changes: a reload, no restart.
+    request.haproxy_cfg = "frontend app_public\n    maxconn 10\n"
+    later = Commands()
+    ps.ProxySetup(request, later).apply()
+    assert later.ran("systemctl", "reload-or-restart", "haproxy.service")
+    assert not later.ran("systemctl", "restart", "haproxy.service")
+
+
+def test_a_haproxy_cfg_an_earlier_version_wrote_goes_back_to_debian_s(
+    tmp_path: Path, runtime_api: type[RuntimeApi]
+) -> None:
+    runtime_api.loaded = [str(tmp_path / "app-live.map")]
+    (tmp_path / "haproxy.cfg").write_text("# Per-host proxy for app\nfrontend app_public\n")
+    ps.ProxySetup(nginx(tmp_path, proxy="haproxy"), Commands()).apply()
+    assert (tmp_path / "haproxy.cfg").read_text() == ps.DEBIAN_HAPROXY_CFG
+
+
+def test_a_host_config_without_an_admin_socket_gets_one_in_its_own_file(
+    tmp_path: Path, runtime_api: type[RuntimeApi]
+) -> None:
+    runtime_api.loaded = [str(tmp_path / "app-live.map")]
+    (tmp_path / "haproxy.cfg").write_text("global\n    daemon\n")
+    ps.ProxySetup(nginx(tmp_path, proxy="haproxy"), Commands()).apply()
+    socket = (tmp_path / "beamops.d" / ps.RUNTIME_API_FILE).read_text()
+    assert "stats socket /run/haproxy/admin.sock mode 600 level admin" in socket
+    assert (tmp_path / "haproxy.cfg").read_text() == "global\n    daemon\n"
+
+
+def test_moving_to_nginx_removes_only_this_app_s_haproxy_frontend(tmp_path: Path) -> None:
+    (tmp_path / "haproxy.cfg").write_text(HOST_CFG)
+    (tmp_path / "beamops.d").mkdir()
+    (tmp_path / "beamops.d" / "app.cfg").write_text("frontend app_public\n")
+    (tmp_path / "beamops.d" / "other.cfg").write_text("frontend other_public\n")
+    commands = Commands()
+    result = ps.ProxySetup(nginx(tmp_path), commands).apply()
+    assert sorted(p.name for p in (tmp_path / "beamops.d").iterdir()) == ["other.cfg"]
+    assert commands.ran("systemctl", "reload", "haproxy.service")
+    assert not commands.ran("systemctl", "disable", "--now", "haproxy.service")
+    assert "removed this app's HAProxy frontend" in result.actions
 
 
 def test_check_mode_says_what_would_be_written_and_writes_nothing(tmp_path: Path) -> None:
@@ -125,7 +178,7 @@ def test_a_stopped_proxy_is_started_and_enabled(tmp_path: Path) -> None:
     assert stopped.ran("systemctl", "enable", "nginx.service")
 
 
-def test_a_fresh_host_s_haproxy_cfg_passes_the_real_haproxy_check(
+def test_the_app_file_passes_the_real_haproxy_check_beside_debian_s_config(
     tmp_path: Path, runtime_api: type[RuntimeApi]
 ) -> None:
     """haproxy -c loads the map the frontend names: it must exist before the check."""
@@ -134,13 +187,20 @@ def test_a_fresh_host_s_haproxy_cfg_passes_the_real_haproxy_check(
         pytest.skip("haproxy is not installed on this machine")
     live_map = tmp_path / "app-live.map"
     cfg = (
-        "defaults\n    mode http\n    timeout connect 1s\n    timeout client 1s\n"
-        "    timeout server 1s\n"
-        "frontend app\n    bind 127.0.0.1:18081\n"
+        "frontend app\n    mode http\n    bind 127.0.0.1:18081\n    timeout client 1s\n"
+        "    timeout http-request 1s\n"
         f"    use_backend %[str(live),map({live_map},app_blue)]\n"
-        "backend app_blue\n    server blue 127.0.0.1:1\n"
+        "backend app_blue\n    mode http\n    timeout connect 1s\n    timeout server 1s\n"
+        "    server blue 127.0.0.1:1\n"
     )
-    request = nginx(tmp_path, proxy="haproxy", haproxy_cfg=cfg)
+    (tmp_path / "haproxy.cfg").write_text(
+        ps.DEBIAN_HAPROXY_CFG.replace("\tchroot /var/lib/haproxy\n", "")
+        .replace("/run/haproxy/admin.sock", str(tmp_path / "admin.sock"))
+        .replace("\tuser haproxy\n\tgroup haproxy\n", "")
+    )
+    request = nginx(
+        tmp_path, proxy="haproxy", haproxy_cfg=cfg, haproxy_socket=str(tmp_path / "admin.sock")
+    )
 
     def real_haproxy(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
         if argv[0] == "haproxy":
@@ -148,7 +208,7 @@ def test_a_fresh_host_s_haproxy_cfg_passes_the_real_haproxy_check(
         return Commands()(argv, timeout)
 
     result = ps.ProxySetup(request, real_haproxy).apply()
-    assert str(tmp_path / "haproxy.cfg") in result.written
+    assert str(tmp_path / "beamops.d" / "app.cfg") in result.written
     assert live_map.read_text() == "live app_blue\n"
 
 

@@ -224,7 +224,7 @@ defmodule SampleApp.HTTP.Connection do
     {status, response} =
       case request_path(request) do
         {:ok, path} when version in [{1, 0}, {1, 1}] ->
-          response = Router.route(request.method, path)
+          response = Router.route(request.method, path, request.headers)
           {response.status, response}
 
         {:ok, _path} ->
