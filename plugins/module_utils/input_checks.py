@@ -342,8 +342,7 @@ def _check_trusted_proxies(inputs: Inputs) -> Iterator[str]:
             ipaddress.ip_network(str(network), strict=False)
         except ValueError:
             yield (
-                f"beamops_proxy_trusted_proxies: {shown(network)} is not an IP network or "
-                "address"
+                f"beamops_proxy_trusted_proxies: {shown(network)} is not an IP network or address"
             )
 
 

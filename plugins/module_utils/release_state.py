@@ -868,25 +868,9 @@ def _summary(state: State, path: str, missing: bool) -> str:
     return f"{active['version']} active on {active['slot']}"
 
 
-def _append_history(
-    ctx: _Context,
-    event: str,
-    *,
-    version: Optional[str] = None,
-    slot: Optional[str] = None,
-    result: Optional[str] = None,
-    msg: Optional[str] = None,
-) -> None:
-    append_history(
-        ctx.state,
-        ctx.timestamp,
-        ctx.request.run_id,
-        event,
-        version=version,
-        slot=slot,
-        result=result,
-        msg=msg,
-    )
+def _append_history(ctx: _Context, event: str, **fields: Optional[str]) -> None:
+    """append_history for a handler: its state, timestamp and run."""
+    append_history(ctx.state, ctx.timestamp, ctx.request.run_id, event, **fields)
 
 
 def append_history(

@@ -89,14 +89,11 @@ options:
     default: 5
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - beamops.release.attributes
 attributes:
   check_mode:
     support: full
     details: Reads the states and reports what would change; sends no C(set) command.
-  diff_mode:
-    support: none
-  platform:
-    platforms: posix
 notes:
   - "Runtime changes are lost when HAProxy restarts or reloads: the configuration decides the
     state again then. Use C(server-state-file) with C(load-server-state-from-file) in

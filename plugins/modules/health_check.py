@@ -117,14 +117,11 @@ options:
     default: false
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - beamops.release.attributes
 attributes:
   check_mode:
     support: full
     details: Sends no request in check mode unless O(probe_in_check_mode=true).
-  diff_mode:
-    support: none
-  platform:
-    platforms: posix
 notes:
   - Uses a monotonic clock, so a wall clock step during the probe does not change its length.
 seealso:

@@ -80,13 +80,7 @@ options:
     default: /run/haproxy/admin.sock
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    platforms: posix
+  - beamops.release.attributes
 """
 
 EXAMPLES = r"""

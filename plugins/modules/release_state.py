@@ -29,6 +29,7 @@ author:
   - beamops.release maintainers (@beamops)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - beamops.release.attributes
 attributes:
   check_mode:
     support: full
@@ -37,8 +38,6 @@ attributes:
   diff_mode:
     support: full
     details: Shows the state file text before and after.
-  platform:
-    platforms: posix
 options:
   action:
     description:

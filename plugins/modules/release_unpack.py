@@ -82,20 +82,12 @@ options:
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.flow
+  - beamops.release.attributes
+  - beamops.release.attributes.action_plugin
 attributes:
   action:
     support: full
     details: The action plugin asks the host first and sends the tarball only when needed.
-  async:
-    support: none
-  bypass_host_loop:
-    support: none
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    platforms: posix
 """
 
 EXAMPLES = r"""

@@ -70,14 +70,11 @@ options:
     type: str
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - beamops.release.attributes
 attributes:
-  check_mode:
-    support: full
   diff_mode:
     support: partial
     details: The secrets file's content is never part of the diff.
-  platform:
-    platforms: posix
 """
 
 EXAMPLES = r"""

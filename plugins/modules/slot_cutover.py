@@ -179,13 +179,7 @@ notes:
   - Check mode reports what would happen and changes nothing.
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    platforms: posix
+  - beamops.release.attributes
 """
 
 EXAMPLES = r"""

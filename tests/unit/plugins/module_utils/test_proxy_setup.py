@@ -89,7 +89,10 @@ def test_a_site_nginx_rejects_is_put_back(tmp_path: Path) -> None:
     assert not commands.ran("systemctl", "reload-or-restart", "nginx.service")
 
 
-HOST_CFG = "global\n    chroot /var/lib/haproxy\n    stats socket /run/haproxy/admin.sock mode 660 level admin\n"
+HOST_CFG = (
+    "global\n    chroot /var/lib/haproxy\n"
+    "    stats socket /run/haproxy/admin.sock mode 660 level admin\n"
+)
 
 
 def test_haproxy_checks_the_whole_set_before_it_adds_the_app_beside_the_host_s_config(
