@@ -178,6 +178,51 @@ def test_a_release_that_exits_at_boot_fails_its_gate_at_once_with_its_own_words(
     assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
 
 
+def test_an_idle_slot_s_port_taken_by_another_process_fails_safely_then_converges(
+    fleet: Fleet,
+) -> None:
+    """Another process listens on the idle slot's port (blue, 4001): the release cannot bind
+    it and says so; the live release serves on, the state is untouched; a plain re-run after
+    the port is free converges."""
+    squat = "systemd-run --unit=squatter python3 -m http.server --bind 127.0.0.1 4001"
+    for host in fleet.hosts.values():
+        host.check_output(squat)
+    try:
+        with fleet.under_load() as load:
+            run = fleet.deploy("0.3.0")
+        assert run.rc != 0
+        for name in HOSTS:
+            assert re.search(
+                rf"{name}: slot blue \(release 0\.3\.0\) did not become ready.*?"
+                r"FATAL: cannot listen.*?PORT=4001",
+                run.output,
+                re.DOTALL,
+            ), run.tail()
+        assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
+        assert load.failed() == 0, load.results
+        for name in HOSTS:
+            state = fleet.state(name)
+            assert (state["active"]["slot"], state["lock"]) == ("green", None)
+    finally:
+        for host in fleet.hosts.values():
+            host.run("systemctl stop squatter")
+    again = fleet.deploy("0.3.0")
+    assert again.rc == 0, again.tail()
+    assert fleet.served() == {name: "sample_app 0.3.0 on blue" for name in HOSTS}
+    back = fleet.playbook("rollback", "-e", "rollback_to=0.2.0")
+    assert back.rc == 0, back.tail()
+    assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
+
+
+def test_an_unprivileged_user_cannot_hold_the_deploy_lock(fleet: Fleet) -> None:
+    """The lock file is root's alone: a local user cannot flock it and block every deploy."""
+    for name, host in fleet.hosts.items():
+        lock_file = host.file(f"{STATE_FILE}.lock")
+        assert (lock_file.user, lock_file.mode) == ("root", 0o600), name
+        held = host.run(f"runuser -u nobody -- flock -n {STATE_FILE}.lock sleep 30")
+        assert held.rc != 0 and "Permission denied" in held.stderr, (name, held.stderr)
+
+
 # Watch settings of the after-switch tests: a tick every 0.5 s, 2 failing ticks switch back.
 WATCH = ["-e", "beamops_watch_seconds=8", "-e", "beamops_watch_interval=0.5"]
 
