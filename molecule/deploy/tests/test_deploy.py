@@ -488,6 +488,29 @@ def test_hostile_inputs_are_refused_before_any_host_changes(
     assert host_snapshots(fleet) == before
 
 
+def test_an_existing_account_the_collection_did_not_create_is_refused_on_the_host(
+    fleet: Fleet,
+) -> None:
+    """alice is a person on the hosts, not a name the controller can know: the host refuses
+    to hand her account to the release, and changes neither it nor what serves."""
+    for host in fleet.hosts.values():
+        host.check_output("id alice || useradd --create-home --shell /bin/bash alice")
+    accounts = {
+        n: h.check_output("getent passwd alice; sha256sum /etc/passwd /etc/group")
+        for n, h in fleet.hosts.items()
+    }
+    served = fleet.served()
+    run = fleet.deploy("0.3.0", "-e", "beamops_app_user=alice")
+    assert run.rc != 0
+    assert "beamops_app_user 'alice' is an existing account" in run.output, run.tail()
+    assert "beamops_app_user_adopt: true" in run.output
+    assert {
+        n: h.check_output("getent passwd alice; sha256sum /etc/passwd /etc/group")
+        for n, h in fleet.hosts.items()
+    } == accounts
+    assert fleet.served() == served
+
+
 def test_missing_required_variable_is_named_before_any_host_changes(fleet: Fleet) -> None:
     before = fleet.state_bytes()
     run = fleet.playbook(
