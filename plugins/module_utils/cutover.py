@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 from ansible_collections.beamops.release.plugins.module_utils import (
     haproxy_runtime,
     health_probe,
+    redact,
     release_state,
     routing,
 )
@@ -575,7 +576,10 @@ class Cutover:
         self.out.started = "restarted" if active else "started"
         if done.returncode == 0:
             return True
-        self.out.release_log, gate = slot_journal(self.run, unit, self._since)
+        lines, gate = slot_journal(self.run, unit, self._since)
+        # Its own words, but never its secrets: they reach the controller and the state file.
+        secrets_file = os.path.join(self.s.config_dir, f"{self.r.slot}.secrets.env")
+        self.out.release_log = redact.redact_lines(lines, secrets_file)
         self._start_failure = gate or (done.stderr.strip() or f"systemctl {action} failed")
         return False
 

@@ -69,7 +69,8 @@ ACTIONS: Tuple[str, ...] = (
 STATE_FILE_NAME = "release-state.json"
 RELEASES_DIR_NAME = "releases"
 LOCK_FILE_SUFFIX = ".lock"
-STATE_FILE_MODE = 0o644
+# Root's alone: the history holds error messages (redacted, but still the host's business).
+STATE_FILE_MODE = 0o600
 LOCK_FILE_MODE = 0o600
 HISTORY_LIMIT = 200
 # Free text (msg, reason) is for humans; capping it keeps one runaway error message from
@@ -642,7 +643,7 @@ def _flock_with_timeout(fd: int, lock_path: str, timeout: float) -> None:
 
 
 def write_state_file(path: str, text: str) -> None:
-    """Atomically replace ``path`` with ``text`` (mode 0644). Call with the file lock held."""
+    """Atomically replace ``path`` with ``text`` (mode 0600). Call with the file lock held."""
     directory = os.path.dirname(path) or "."
     prefix = "." + os.path.basename(path) + "."
     _remove_leftover_temp_files(directory, prefix)

@@ -178,6 +178,23 @@ def test_a_release_that_exits_at_boot_fails_its_gate_at_once_with_its_own_words(
     assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
 
 
+def test_the_release_s_words_reach_the_controller_without_its_secrets(fleet: Fleet) -> None:
+    """The release prints a secret in its FATAL line: the error and the state file carry the
+    line with the secret redacted."""
+    leaked = "leaked-secret-value-0123456789"
+    secrets = {"SECRET_KEY_BASE": SECRET_KEY_BASE, "FAIL_KIND": leaked}
+    run = fleet.deploy("0.3.0", "-e", json.dumps({"beamops_secret_env": secrets}))
+    assert run.rc != 0
+    assert (
+        'FAIL_KIND must be all, readiness or http_500, got "[redacted FAIL_KIND]"' in run.output
+    ), run.tail()
+    assert leaked not in run.output
+    for name, host in fleet.hosts.items():
+        assert leaked not in host.file(STATE_FILE).content_string, name
+        assert host.file(STATE_FILE).mode == 0o600, name
+    assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
+
+
 def test_an_idle_slot_s_port_taken_by_another_process_fails_safely_then_converges(
     fleet: Fleet,
 ) -> None:

@@ -683,7 +683,7 @@ def test_diff_carries_file_text_before_and_after(host: Host) -> None:
 # --------------------------------------------------------------------------- atomic write
 
 
-def test_writes_are_atomic_0644_and_leave_no_temp_files(host: Host) -> None:
+def test_writes_are_atomic_root_only_and_leave_no_temp_files(host: Host) -> None:
     old_umask = os.umask(0o077)  # mode must not depend on the caller's umask
     try:
         for version in ("0.1.0", "0.2.0"):
@@ -691,7 +691,7 @@ def test_writes_are_atomic_0644_and_leave_no_temp_files(host: Host) -> None:
     finally:
         os.umask(old_umask)
     assert host.listing() == ["release-state.json", "release-state.json.lock", "releases"]
-    assert host.state_file.stat().st_mode & 0o777 == 0o644
+    assert host.state_file.stat().st_mode & 0o777 == 0o600
 
 
 def test_crash_before_replace_keeps_the_old_file(
