@@ -271,6 +271,8 @@ class NginxProxy(Proxy):
             )
         reload = self.run(["systemctl", "reload", "nginx.service"], 30)
         if reload.returncode != 0:
+            # nginx serves on with what it had loaded: the file says so again.
+            restore(before)
             raise CutoverError(f"nginx did not reload: {reload.stderr.strip()}")
 
     def start_observing(self, slot: str) -> None:
@@ -505,7 +507,8 @@ class Cutover:
         try:
             self._timed("switch", self._switch)
         except CutoverError as exc:
-            return self._fail_after_switch(f"the switch failed: {exc}")
+            # A refused switch moved nothing: the proxy's files are put back, nothing reloaded.
+            return self._fail_switch(str(exc))
         self.out.stage = "watch"
         problem = self._timed("watch", self._watch)
         if problem:
@@ -600,6 +603,14 @@ class Cutover:
         if self.out.release_log:
             message += " | the release's last lines: " + " / ".join(self.out.release_log[-5:])
         message += f"; it was stopped. {self._traffic_stayed()}"
+        return self._record_failure(message)
+
+    def _fail_switch(self, problem: str) -> Outcome:
+        self._stop(self.r.slot)
+        message = (
+            f"{self._what()} was ready, but the proxy refused the switch: {problem}; "
+            f"slot {self.r.slot} was stopped. {self._traffic_stayed()}"
+        )
         return self._record_failure(message)
 
     def _traffic_stayed(self) -> str:

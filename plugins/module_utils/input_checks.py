@@ -327,6 +327,27 @@ def _check_ports(inputs: Inputs) -> Iterator[str]:
         yield f"ports must be distinct: {listed}"
 
 
+URL_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*")
+
+
+@rule(
+    "Health paths and the proxy's address",
+    "`beamops_ready_path` and `beamops_live_path`: an absolute URL path (`/` then URL "
+    "characters, no space), as the probes, the units and HAProxy's check send it. "
+    "`beamops_proxy_bind`: an IPv4 address (the templates write `address:port`).",
+)
+def _check_paths_and_bind(inputs: Inputs) -> Iterator[str]:
+    for name in ("beamops_ready_path", "beamops_live_path"):
+        path = inputs.get(name, "/")
+        if not isinstance(path, str) or not URL_PATH.fullmatch(path):
+            yield f"{name}: got {shown(path)}; expected an absolute URL path such as /health/ready"
+    bind = inputs.get("beamops_proxy_bind", "0.0.0.0")
+    try:
+        ipaddress.IPv4Address(str(bind))
+    except ValueError:
+        yield f"beamops_proxy_bind: got {shown(bind)}; expected an IPv4 address such as 0.0.0.0"
+
+
 @rule(
     "Trusted proxies",
     "`beamops_proxy_trusted_proxies`: a list of IP networks or addresses (`10.0.0.0/8`, "

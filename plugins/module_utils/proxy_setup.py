@@ -229,12 +229,13 @@ class ProxySetup:
         staging = tempfile.mkdtemp(prefix="beamops-haproxy-check-")
         try:
             argv = ["haproxy", "-c"]
-            for index, path in enumerate(configs):
-                text = changes.get(path, read_text(path))
-                if text is None:
+            for path in configs:
+                if path not in changes:
+                    # Unchanged files are checked where they are: an error names them.
+                    argv += ["-f", path] if os.path.exists(path) else []
                     continue
-                staged = os.path.join(staging, f"{index:02d}.cfg")
-                write_if_changed(staged, text, 0o600)
+                staged = os.path.join(staging, f"{len(argv):03d}-{os.path.basename(path)}")
+                write_if_changed(staged, changes[path], 0o600)
                 argv += ["-f", staged]
             check = self.run(argv, 30)
         finally:

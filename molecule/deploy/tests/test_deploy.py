@@ -231,6 +231,45 @@ def test_an_idle_slot_s_port_taken_by_another_process_fails_safely_then_converge
     assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
 
 
+BROKEN_BY_SOMEONE_ELSE = {
+    "bo1": "/etc/nginx/conf.d/zz-broken.conf",  # nginx loads conf.d/*.conf
+    "bo2": "/etc/haproxy/beamops.d/zz-broken.cfg",  # and HAProxy beamops.d/
+}
+
+
+def test_a_proxy_configuration_broken_by_someone_else_stops_the_deploy_not_traffic(
+    fleet: Fleet,
+) -> None:
+    """Another file the proxy loads has a syntax error. nginx -t (before the switch) and
+    haproxy -c (before the new frontend is written) refuse, naming that file; traffic stays on
+    the live release; once the file is fixed a plain re-run converges."""
+    for name, path in BROKEN_BY_SOMEONE_ELSE.items():
+        fleet.hosts[name].check_output(f"echo 'this is not a proxy directive;' > {path}")
+    try:
+        with fleet.under_load() as load:
+            # A changed frontend (maxconn) makes HAProxy's configuration be checked again.
+            run = fleet.deploy("0.3.0", "-e", "beamops_proxy_maxconn=4000")
+        assert run.rc != 0
+        assert re.search(r"bo1: .*nginx.*zz-broken\.conf", run.output, re.DOTALL), run.tail()
+        assert re.search(r"haproxy -c rejected.*zz-broken\.cfg", run.output, re.DOTALL), run.tail()
+        assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
+        assert load.failed() == 0, load.results
+        for name in HOSTS:
+            state = fleet.state(name)
+            assert (state["active"]["slot"], state["lock"]) == ("green", None)
+    finally:
+        for name, path in BROKEN_BY_SOMEONE_ELSE.items():
+            fleet.hosts[name].run(f"rm -f {path}")
+    again = fleet.deploy("0.3.0", "-e", "beamops_proxy_maxconn=4000")
+    assert again.rc == 0, again.tail()
+    assert fleet.served() == {name: "sample_app 0.3.0 on blue" for name in HOSTS}
+    back = fleet.playbook("rollback", "-e", "rollback_to=0.2.0")
+    assert back.rc == 0, back.tail()
+    restored = fleet.deploy("0.2.0")  # the frontend back to the default maxconn
+    assert restored.rc == 0, restored.tail()
+    assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
+
+
 def test_an_unprivileged_user_cannot_hold_the_deploy_lock(fleet: Fleet) -> None:
     """The lock file is root's alone: a local user cannot flock it and block every deploy."""
     for name, host in fleet.hosts.items():
@@ -488,13 +527,27 @@ HOSTILE_INPUTS = {
 }
 
 
-@pytest.mark.parametrize("kind", [*HOSTILE_INPUTS, "hostile-tarball"])
+def truncated_tarball(tmp_path: Path) -> List[str]:
+    """The real 0.3.0 release cut in half, with the sha256 of what is left."""
+    data = (deploykit.RELEASES / "sample_app-0.3.0.tar.gz").read_bytes()
+    truncated = tmp_path / "sample_app-0.3.0.tar.gz"
+    truncated.write_bytes(data[: len(data) // 2])
+    digest = hashlib.sha256(truncated.read_bytes()).hexdigest()
+    return [
+        *("-e", "beamops_release_version=0.3.0", "-e", f"beamops_release_src={truncated}"),
+        *("-e", f"beamops_release_sha256={digest}"),
+    ]
+
+
+@pytest.mark.parametrize("kind", [*HOSTILE_INPUTS, "hostile-tarball", "truncated-tarball"])
 def test_hostile_inputs_are_refused_before_any_host_changes(
     fleet: Fleet, tmp_path: Path, kind: str
 ) -> None:
     before = host_snapshots(fleet)
     if kind == "hostile-tarball":
         args, expected = hostile_tarball(tmp_path), "'../../../etc/cron.d/owned' would land outside"
+    elif kind == "truncated-tarball":
+        args, expected = truncated_tarball(tmp_path), "is not a readable tarball"
     else:
         change, expected = HOSTILE_INPUTS[kind]
         args = [*deploykit.release_args("0.3.0"), "-e", json.dumps(change)]
@@ -712,8 +765,9 @@ def wait_until(check: Callable[[], bool], seconds: float, what: str) -> None:
 
 def test_a_controller_killed_during_the_watch_leaves_hosts_that_converge(fleet: Fleet) -> None:
     """kill -9 of ansible-playbook once bo1's proxy has switched. The cutover module on each
-    host finishes by itself (switch, watch, record); a forced re-run waits for it rather than
-    starting a second cutover beside it, then converges. No request fails."""
+    host finishes by itself (switch, watch, record); a plain re-run from the same controller
+    takes over the dead run's lock, but only once no cutover runs there any more, and
+    converges. No request fails."""
     before = {name: fleet.proxy_config_slot(name) for name in HOSTS}
     cmd = [str(deploykit.BIN / "ansible-playbook"), str(deploykit.REPO / "playbooks/deploy.yml")]
     cmd += [arg for inventory in fleet.inventories for arg in ("-i", inventory)]
@@ -728,17 +782,18 @@ def test_a_controller_killed_during_the_watch_leaves_hosts_that_converge(fleet: 
         finally:
             os.killpg(controller.pid, signal.SIGKILL)
             controller.wait()
-        forced = fleet.deploy("0.5.0", "-e", "beamops_lock_force=true")
-        assert forced.rc != 0 and "its cutover is still running on this host" in forced.output, (
-            forced.tail()
+        early = fleet.deploy("0.5.0")
+        assert early.rc != 0 and "its cutover is still running on this host" in early.output, (
+            early.tail()
         )
         wait_until(
             lambda: all(fleet.state(n)["lock"] is None or not fleet.hosts[n].run(
                 "flock -n /opt/sample_app/release-state.json.cutover true").rc for n in HOSTS),
             60, "the orphaned cutovers to finish",
         )  # fmt: skip
-        again = fleet.deploy("0.5.0", "-e", "beamops_lock_force=true")
+        again = fleet.deploy("0.5.0")
     assert again.rc == 0, again.tail()
+    assert "took over the forced deploy lock" in again.output, again.tail()
     for name in HOSTS:
         state = fleet.state(name)
         assert state["lock"] is None

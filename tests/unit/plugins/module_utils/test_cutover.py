@@ -416,3 +416,31 @@ def test_the_slot_the_proxy_routes_to_is_never_restarted(
         cutover(settings, commands, proxy).execute()
     assert commands.seen == [] and len(proxy.routes) == 1
     assert not (Path(settings.base_dir) / "slots" / "blue").exists()
+
+
+def test_a_switch_the_proxy_refuses_moves_nothing_and_stops_the_new_slot(
+    tmp_path: Path, slots: Dict[str, ScriptedServer]
+) -> None:
+    settings = make_settings(tmp_path, slots)
+    slots["blue"].script("/health/ready", [READY])
+    commands = Commands({("systemctl", "is-active"): (3, "")})
+    proxy = RecordingProxy(settings)
+    proxy.fail_route = True
+    out = cutover(settings, commands, proxy).execute()
+    assert (out.result, out.stage, out.switched_back) == ("failed", "switch", False)
+    assert "the proxy refused the switch: proxy said no" in out.msg
+    assert "Traffic never left slot green (0.1.0)" in out.msg
+    assert proxy.routes == [] and commands.ran("systemctl", "stop", "demo@blue.service")
+    assert state(settings)["releases"]["0.2.0"]["status"] == "bad"
+
+
+def test_nginx_puts_the_upstream_back_when_its_reload_fails(
+    tmp_path: Path, slots: Dict[str, ScriptedServer]
+) -> None:
+    settings = make_settings(tmp_path, slots)
+    upstream = Path(settings.nginx_upstream_file)
+    upstream.write_text("# live slot: green; fallback: none\n")
+    commands = Commands({("systemctl", "reload"): (1, "")})
+    with pytest.raises(co.CutoverError, match="nginx did not reload"):
+        co.NginxProxy(settings, commands).route("blue", "green")
+    assert upstream.read_text() == "# live slot: green; fallback: none\n"

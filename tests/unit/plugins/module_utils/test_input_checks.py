@@ -28,6 +28,8 @@ GOOD: Dict[str, Any] = {
     "beamops_releases_keep": 1,
     "beamops_drain_seconds": 0,
     "beamops_proxy_trusted_proxies": ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"],
+    "beamops_ready_path": "/health/ready?full=1",
+    "beamops_proxy_bind": "127.0.0.1",
 }
 SECRET_VALUES = (GOOD["beamops_release_cookie"], GOOD["beamops_secret_env"]["SECRET_KEY_BASE"])
 
@@ -74,6 +76,10 @@ def test_good_inputs_pass() -> None:
         ({"beamops_releases_keep": 0}, "beamops_releases_keep: got 0; expected at least 1"),
         ({"beamops_proxy_trusted_proxies": ["10.0.0.0/8", "lb.example"]}, "'lb.example' is not"),
         ({"beamops_proxy_trusted_proxies": "10.0.0.0/8"}, "expected a list of networks"),
+        ({"beamops_ready_path": "/health ready"}, "beamops_ready_path: got '/health ready'"),
+        ({"beamops_live_path": "health"}, "expected an absolute URL path"),
+        ({"beamops_proxy_bind": "lb.example"}, "beamops_proxy_bind: got 'lb.example'"),
+        ({"beamops_proxy_bind": "::"}, "expected an IPv4 address"),
         ({"beamops_drain_seconds": -1}, "beamops_drain_seconds: got -1; expected at least 0"),
         ({"beamops_watch_interval": 0}, "beamops_watch_interval: got 0; expected more than 0"),
         ({"beamops_watch_max_5xx_ratio": 1.5}, "expected at most 1"),
