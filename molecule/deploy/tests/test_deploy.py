@@ -27,6 +27,18 @@ SECRET_KEY_BASE = "demo-only-secret-key-base-not-for-production-0123456789abcdef
 COOKIE = "demo-only-cookie-0123456789abcdef"
 
 
+def assert_refused_at_the_gate(run: deploykit.PlaybookRun, detail: str) -> None:
+    """Every host's new slot (blue, 0.3.0) failed its readiness gate, for the reason given."""
+    assert run.rc != 0
+    for name in HOSTS:
+        found = re.search(
+            rf"{name}: slot blue \(release 0\.3\.0\) did not become ready {detail}",
+            run.output,
+            re.DOTALL,
+        )
+        assert found, run.tail()
+
+
 def test_first_deploy_serves_0_1_0_through_both_proxies(fleet: Fleet) -> None:
     assert fleet.served() == {name: "sample_app 0.1.0 on blue" for name in HOSTS}
     for name in HOSTS:
@@ -146,14 +158,10 @@ def test_a_release_that_never_gets_ready_is_refused_and_marked_bad(fleet: Fleet)
         run = fleet.deploy(
             "0.3.0", "-e", '{"beamops_env": {"FAIL_HEALTH": "1"}}', "-e", "beamops_start_timeout=10"
         )
-    assert run.rc != 0
+    assert_refused_at_the_gate(
+        run, r"at http://127\.0\.0\.1:4001/health/ready.*last answer 503.*failing"
+    )
     for name in HOSTS:
-        assert re.search(
-            rf"{name}: slot blue \(release 0\.3\.0\) did not become ready at "
-            r"http://127\.0\.0\.1:4001/health/ready.*last answer 503.*failing",
-            run.output,
-            re.DOTALL,
-        ), run.tail()
         assert fleet.state(name)["releases"]["0.3.0"]["status"] == "bad"
     assert load.failed() == 0, load.results
     assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
@@ -207,14 +215,7 @@ def test_an_idle_slot_s_port_taken_by_another_process_fails_safely_then_converge
     try:
         with fleet.under_load() as load:
             run = fleet.deploy("0.3.0")
-        assert run.rc != 0
-        for name in HOSTS:
-            assert re.search(
-                rf"{name}: slot blue \(release 0\.3\.0\) did not become ready.*?"
-                r"FATAL: cannot listen.*?PORT=4001",
-                run.output,
-                re.DOTALL,
-            ), run.tail()
+        assert_refused_at_the_gate(run, r".*?FATAL: cannot listen.*?PORT=4001")
         assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
         assert load.failed() == 0, load.results
         for name in HOSTS:
