@@ -22,10 +22,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import subprocess
 import tempfile
 import time
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 from ansible_collections.beamops.release.plugins.module_utils import haproxy_runtime
 from ansible_collections.beamops.release.plugins.module_utils.atomic_file import (
@@ -33,11 +32,11 @@ from ansible_collections.beamops.release.plugins.module_utils.atomic_file import
     write_if_changed,
 )
 from ansible_collections.beamops.release.plugins.module_utils.cutover import (
+    Run,
     nginx_test_or_restore,
     run_command,
 )
 
-Run = Callable[[Sequence[str], float], "subprocess.CompletedProcess[str]"]
 # path, wanted text, written only when the file is missing (then slot_cutover owns it)
 FileSpec = Tuple[str, str, bool]
 HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
