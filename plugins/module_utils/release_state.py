@@ -568,7 +568,13 @@ def read_state(path: str) -> Tuple[State, Optional[str]]:
 @contextmanager
 def exclusive_file_lock(path: str, timeout: float = FILE_LOCK_TIMEOUT) -> Iterator[None]:
     """Hold an exclusive flock on ``<path>.lock`` (created if needed) for a read-modify-write."""
-    lock_path = lock_file_path(path)
+    with _held_flock(lock_file_path(path), timeout):
+        yield
+
+
+@contextmanager
+def _held_flock(lock_path: str, timeout: float) -> Iterator[int]:
+    """An exclusive flock on lock_path (created root-only if needed); yields its descriptor."""
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, LOCK_FILE_MODE)
     except FileNotFoundError:
@@ -583,7 +589,7 @@ def exclusive_file_lock(path: str, timeout: float = FILE_LOCK_TIMEOUT) -> Iterat
         if os.fstat(fd).st_mode & 0o077 and os.geteuid() == os.fstat(fd).st_uid:
             os.fchmod(fd, LOCK_FILE_MODE)
         _flock_with_timeout(fd, lock_path, timeout)
-        yield
+        yield fd
     finally:
         os.close(fd)  # closing the descriptor releases the flock
 
@@ -597,15 +603,10 @@ def cutover_in_progress(path: str) -> Iterator[None]:
     """Held (an flock on ``<state>.cutover``, naming this pid) for as long as a cutover or a
     host rollback runs. The module outlives a killed controller; a forced take-over of the
     deploy lock must not start a second cutover beside it."""
-    mark = cutover_mark_path(path)
-    fd = os.open(mark, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, LOCK_FILE_MODE)
-    try:
-        _flock_with_timeout(fd, mark, FILE_LOCK_TIMEOUT)
+    with _held_flock(cutover_mark_path(path), FILE_LOCK_TIMEOUT) as fd:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield
-    finally:
-        os.close(fd)
 
 
 def cutover_running(path: str) -> Optional[str]:

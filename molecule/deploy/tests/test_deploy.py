@@ -203,6 +203,25 @@ def test_the_release_s_words_reach_the_controller_without_its_secrets(fleet: Fle
     assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
 
 
+def assert_the_live_release_served_on(fleet: Fleet, load: LoadedFleet) -> None:
+    """A failed deploy left 0.2.0 serving on green with no failed request, the state on green
+    and no lock behind."""
+    assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
+    assert load.failed() == 0, load.results
+    for name in HOSTS:
+        state = fleet.state(name)
+        assert (state["active"]["slot"], state["lock"]) == ("green", None)
+
+
+def converge_to_0_3_0_then_roll_back(fleet: Fleet, *args: str) -> None:
+    """The fault is gone: a plain re-run converges; then back to 0.2.0 for the next tests."""
+    again = fleet.deploy("0.3.0", *args)
+    assert again.rc == 0, again.tail()
+    assert fleet.served() == {name: "sample_app 0.3.0 on blue" for name in HOSTS}
+    back = fleet.playbook("rollback", "-e", "rollback_to=0.2.0")
+    assert back.rc == 0, back.tail()
+
+
 def test_an_idle_slot_s_port_taken_by_another_process_fails_safely_then_converges(
     fleet: Fleet,
 ) -> None:
@@ -216,19 +235,11 @@ def test_an_idle_slot_s_port_taken_by_another_process_fails_safely_then_converge
         with fleet.under_load() as load:
             run = fleet.deploy("0.3.0")
         assert_refused_at_the_gate(run, r".*?FATAL: cannot listen.*?PORT=4001")
-        assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
-        assert load.failed() == 0, load.results
-        for name in HOSTS:
-            state = fleet.state(name)
-            assert (state["active"]["slot"], state["lock"]) == ("green", None)
+        assert_the_live_release_served_on(fleet, load)
     finally:
         for host in fleet.hosts.values():
             host.run("systemctl stop squatter")
-    again = fleet.deploy("0.3.0")
-    assert again.rc == 0, again.tail()
-    assert fleet.served() == {name: "sample_app 0.3.0 on blue" for name in HOSTS}
-    back = fleet.playbook("rollback", "-e", "rollback_to=0.2.0")
-    assert back.rc == 0, back.tail()
+    converge_to_0_3_0_then_roll_back(fleet)
     assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
 
 
@@ -253,19 +264,11 @@ def test_a_proxy_configuration_broken_by_someone_else_stops_the_deploy_not_traff
         assert run.rc != 0
         assert re.search(r"bo1: .*nginx.*zz-broken\.conf", run.output, re.DOTALL), run.tail()
         assert re.search(r"haproxy -c rejected.*zz-broken\.cfg", run.output, re.DOTALL), run.tail()
-        assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
-        assert load.failed() == 0, load.results
-        for name in HOSTS:
-            state = fleet.state(name)
-            assert (state["active"]["slot"], state["lock"]) == ("green", None)
+        assert_the_live_release_served_on(fleet, load)
     finally:
         for name, path in BROKEN_BY_SOMEONE_ELSE.items():
             fleet.hosts[name].run(f"rm -f {path}")
-    again = fleet.deploy("0.3.0", "-e", "beamops_proxy_maxconn=4000")
-    assert again.rc == 0, again.tail()
-    assert fleet.served() == {name: "sample_app 0.3.0 on blue" for name in HOSTS}
-    back = fleet.playbook("rollback", "-e", "rollback_to=0.2.0")
-    assert back.rc == 0, back.tail()
+    converge_to_0_3_0_then_roll_back(fleet, "-e", "beamops_proxy_maxconn=4000")
     restored = fleet.deploy("0.2.0")  # the frontend back to the default maxconn
     assert restored.rc == 0, restored.tail()
     assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
