@@ -46,6 +46,10 @@ JOURNAL_LINES = 12
 # systemd's own messages about the unit, and the gate's, are not the release's words.
 GATE_PREFIX = health_probe.GATE_PREFIX
 SETTINGS_FILE_NAME = "cutover.json"
+# How long a watch waits for a proxy that stopped (killed, crashed) to be back: systemd
+# restarts it (the drop-ins proxy_setup writes); after a few seconds the cutover starts it.
+PROXY_RETURN_SECONDS = 15.0
+PROXY_START_AFTER_SECONDS = 3.0
 
 Run = Callable[[Sequence[str], float], "subprocess.CompletedProcess[str]"]
 Clock = Callable[[], float]
@@ -208,15 +212,30 @@ class Proxy:
     """Routes the app's traffic to a primary slot, with the other slot as fallback."""
 
     name = "proxy"
+    service = ""  # its systemd unit; empty: not watched for restarts
 
     def __init__(self, settings: Settings, run: Run) -> None:
         self.settings = settings
         self.run = run
 
+    def main_pid(self) -> Optional[int]:
+        """The proxy's main PID as systemd sees it (0: not running; None: cannot tell)."""
+        if not self.service:
+            return None
+        shown = self.run(["systemctl", "show", "-p", "MainPID", "--value", self.service], 10)
+        try:
+            return int(shown.stdout.strip())
+        except ValueError:
+            return None
+
     def live_slot(self) -> Optional[str]:
         raise NotImplementedError
 
     def route(self, primary: str, fallback: Optional[str]) -> None:
+        raise NotImplementedError
+
+    def route_offline(self, primary: str) -> None:
+        """Point the proxy's files at `primary` for when it starts; it is not running now."""
         raise NotImplementedError
 
     def start_observing(self, slot: str) -> None:
@@ -235,6 +254,7 @@ class NginxProxy(Proxy):
     slot answered what, which is how real 5xx answers are seen."""
 
     name = "nginx"
+    service = "nginx.service"
 
     def __init__(self, settings: Settings, run: Run) -> None:
         super().__init__(settings, run)
@@ -259,21 +279,34 @@ class NginxProxy(Proxy):
         return routing.nginx_live_slot(self.settings.nginx_upstream_file)
 
     def route(self, primary: str, fallback: Optional[str]) -> None:
+        before = self._write_checked(primary, fallback)
+        if before is None:
+            return
+        reload = self.run(["systemctl", "reload", "nginx.service"], 30)
+        if reload.returncode != 0:
+            # nginx serves on with what it had loaded: the file says so again.
+            restore(before)
+            raise CutoverError(f"nginx did not reload: {reload.stderr.strip()}")
+
+    def route_offline(self, primary: str) -> None:
+        self._write_checked(primary, None)
+
+    def _write_checked(
+        self, primary: str, fallback: Optional[str]
+    ) -> Optional[Dict[str, Optional[str]]]:
+        """Write the upstream file and `nginx -t` it (put back when rejected); the earlier
+        text, or None when the file already said this."""
         path = self.settings.nginx_upstream_file
         before = {path: read_text(path)}
         if not write_if_changed(path, self.render(primary, fallback), 0o644):
-            return
+            return None
         rejected = nginx_test_or_restore(self.run, before)
         if rejected:
             raise CutoverError(
                 f"nginx rejected the configuration for slot {primary}: {rejected}; "
                 "the previous one was put back"
             )
-        reload = self.run(["systemctl", "reload", "nginx.service"], 30)
-        if reload.returncode != 0:
-            # nginx serves on with what it had loaded: the file says so again.
-            restore(before)
-            raise CutoverError(f"nginx did not reload: {reload.stderr.strip()}")
+        return before
 
     def start_observing(self, slot: str) -> None:
         self._address = f"127.0.0.1:{self.settings.slot_ports[slot]}"
@@ -338,6 +371,7 @@ class HaproxyProxy(Proxy):
     fails them."""
 
     name = "haproxy"
+    service = "haproxy.service"
 
     def __init__(
         self,
@@ -371,7 +405,11 @@ class HaproxyProxy(Proxy):
                 f"{answer.strip()} (is haproxy.cfg the one beamops.release renders?)"
             )
         # The runtime change is what moves traffic; the file keeps it across a reload.
-        write_if_changed(map_file, f"live {self.backend(primary)}\n", 0o644)
+        self.route_offline(primary)
+
+    def route_offline(self, primary: str) -> None:
+        # HAProxy reads the map file when it starts.
+        write_if_changed(self.settings.haproxy_map_file, f"live {self.backend(primary)}\n", 0o644)
 
     def _counters(self) -> Tuple[int, int, str]:
         rows = haproxy_runtime.parse_stat_csv(
@@ -477,6 +515,7 @@ class Cutover:
         self._since = 0.0  # wall clock when the slot was started, for its journal
         self._switched_at = 0.0
         self._start_failure = "not ready"
+        self._proxy_lost = False  # stopped during the watch and not back: no live switch back
 
     # ----------------------------------------------------------------- entry point
 
@@ -638,7 +677,10 @@ class Cutover:
         )
 
     def _watch(self) -> Optional[str]:
-        """Probe every interval; `watch_failure_threshold` failing ticks in a row end it."""
+        """Probe every interval; `watch_failure_threshold` failing ticks in a row end it.
+
+        A proxy that stops meanwhile (killed, crashed) is not the new release's fault: the
+        watch waits for it to be back, then starts over; see _ride_out_proxy_restart."""
         direct = self._probe_config(self.s.slot_url(self.r.slot), self.s.json_fields)
         fields = dict(self.s.json_fields)
         if self.s.slot_field:
@@ -648,12 +690,22 @@ class Cutover:
             self.proxy.start_observing(self.r.slot)
         except haproxy_runtime.RuntimeApiError as exc:
             return f"cannot read HAProxy's counters: {exc}"
+        proxy_pid = self.proxy.main_pid()
         began = self.clock()
         failures = 0
         problems: List[str] = []
         while True:
             tick = self.clock()
             problems = self._tick_problems(direct, through)
+            current = self.proxy.main_pid()
+            if proxy_pid and current != proxy_pid:
+                # Checked after the probes: their failures may be the proxy's going.
+                back = self._ride_out_proxy_restart(proxy_pid)
+                if back is None:
+                    self._proxy_lost = True
+                    return self._proxy_lost_problem(proxy_pid)
+                proxy_pid, began, failures = back, self.clock(), 0
+                continue
             failures = failures + 1 if problems else 0
             if failures >= self.s.watch_failure_threshold:
                 self.out.detect_seconds = round(self.clock() - self._switched_at, 3)
@@ -661,6 +713,45 @@ class Cutover:
             if not failures and self.clock() - began >= self.s.watch_seconds:
                 return None
             self.sleep(max(0.0, self.s.watch_interval - (self.clock() - tick)))
+
+    def _ride_out_proxy_restart(self, old_pid: int) -> Optional[int]:
+        """The proxy's main PID changed: wait until it runs again and can be observed (systemd
+        restarts it; if not, `systemctl start` after PROXY_START_AFTER_SECONDS); its files
+        route to the new slot, so the new slot stays. The new PID, or None if it never came
+        back within PROXY_RETURN_SECONDS."""
+        lost_at = self.clock()
+        started = False
+        while self.clock() - lost_at < PROXY_RETURN_SECONDS:
+            pid = self.proxy.main_pid()
+            if pid and pid != old_pid and self._observing_again():
+                how = " after `systemctl start`" if started else ""
+                self.out.warnings.append(
+                    f"{self.proxy.name} stopped during the watch (main PID {old_pid}) and was "
+                    f"back {self.clock() - lost_at:.1f}s later{how} as PID {pid}, routing to "
+                    f"slot {self.r.slot}; requests sent to it meanwhile failed; the watch "
+                    "started over"
+                )
+                return pid
+            if not pid and not started and self.clock() - lost_at > PROXY_START_AFTER_SECONDS:
+                started = True
+                self.run(["systemctl", "start", self.proxy.service], 30)
+            self.sleep(0.1)
+        return None
+
+    def _observing_again(self) -> bool:
+        try:
+            self.proxy.start_observing(self.r.slot)  # HAProxy: its counters started again
+        except haproxy_runtime.RuntimeApiError:
+            return False  # its runtime API is not up yet
+        return True
+
+    def _proxy_lost_problem(self, old_pid: int) -> str:
+        status = self.run(["systemctl", "is-active", self.proxy.service], 10).stdout.strip()
+        return (
+            f"{self.proxy.name} stopped during the watch (main PID {old_pid}) and was not back "
+            f"within {PROXY_RETURN_SECONDS:.0f}s ({self.proxy.service} is {status or 'unknown'}"
+            f"; journalctl -u {self.proxy.service})"
+        )
 
     def _tick_problems(
         self, direct: health_probe.ProbeConfig, through: health_probe.ProbeConfig
@@ -683,25 +774,35 @@ class Cutover:
         return problems
 
     def _fail_after_switch(self, problem: str) -> Outcome:
-        verdict = self.clock()
-        back = ""
-        if self.r.from_slot:
-            try:
-                self.proxy.route(self.r.from_slot, None)
-                self.out.switched_back = True
-                self.out.switch_back_ms = int((self.clock() - verdict) * 1000)
-                back = (
-                    f"; traffic switched back to slot {self.r.from_slot} ({self.r.from_version})"
-                    f" {self.out.switch_back_ms} ms after the failure was seen"
-                )
-            except CutoverError as exc:
-                back = f"; SWITCHING BACK FAILED: {exc}"
+        back = self._route_back() if self.r.from_slot else ""
         self._stop(self.r.slot)
         message = (
             f"{self._what()} failed after the switch ({self.out.stage}): {problem}{back}; "
             f"slot {self.r.slot} was stopped"
         )
         return self._record_failure(message)
+
+    def _route_back(self) -> str:
+        """Traffic back to the old slot; what happened, as the tail of the error."""
+        old = f"slot {self.r.from_slot} ({self.r.from_version})"
+        if self._proxy_lost:
+            # Nothing runs to switch: its files name the old slot again, as the state does.
+            try:
+                self.proxy.route_offline(self.r.from_slot)
+            except CutoverError as exc:
+                return f"; PUTTING ITS CONFIGURATION BACK FAILED: {exc}"
+            return f"; its configuration routes to {old} again, for when it starts"
+        verdict = self.clock()
+        try:
+            self.proxy.route(self.r.from_slot, None)
+        except CutoverError as exc:
+            return f"; SWITCHING BACK FAILED: {exc}"
+        self.out.switched_back = True
+        self.out.switch_back_ms = int((self.clock() - verdict) * 1000)
+        return (
+            f"; traffic switched back to {old} {self.out.switch_back_ms} ms after the failure "
+            "was seen"
+        )
 
     # ----------------------------------------------------------------- record and retire
 

@@ -49,6 +49,15 @@ HAPROXY_DROPIN_TEXT = (
     "[Service]\n"
     f'Environment="CONFIG={HAPROXY_CFG} -f {HAPROXY_DIR}"\n'
 )
+NGINX_DROPIN = "/etc/systemd/system/nginx.service.d/beamops.conf"
+# Debian's nginx.service never restarts; HAProxy's does (Restart=always). A proxy killed or
+# crashed mid-deploy comes back by itself, and a cutover watching it waits for that.
+NGINX_DROPIN_TEXT = (
+    "# Managed by beamops.release: nginx killed or crashed is started again at once.\n"
+    "[Service]\n"
+    "Restart=on-failure\n"
+    "RestartSec=200ms\n"
+)
 RUNTIME_API_FILE = "00-runtime-api.cfg"
 # Debian's own haproxy.cfg, put back where an earlier version replaced it with its own.
 DEBIAN_HAPROXY_CFG = """global
@@ -94,6 +103,7 @@ class Request:
     haproxy_app_file: str = ""  # the app's file; default <haproxy_dir>/<map name>.cfg
     haproxy_cfg_path: str = HAPROXY_CFG  # the host's own configuration, left alone
     haproxy_dropin: str = HAPROXY_DROPIN
+    nginx_dropin: str = NGINX_DROPIN
 
     @property
     def haproxy_dir(self) -> str:
@@ -139,6 +149,7 @@ class ProxySetup:
             return [
                 (self.r.nginx_site_file, self.r.site, False),
                 (self.r.nginx_upstream_file, self.r.upstream, True),
+                (self.r.nginx_dropin, NGINX_DROPIN_TEXT, False),
             ]
         files: List[FileSpec] = [(self.r.haproxy_map_file, self.r.live_map, True)]
         base = read_text(self.r.haproxy_cfg_path)
@@ -187,6 +198,8 @@ class ProxySetup:
                 f"nginx rejected the configuration of this app ({rejected}); the previous one "
                 "was put back and traffic was not moved"
             )
+        if self.r.nginx_dropin in self.result.written:
+            self._systemctl("daemon-reload")  # Restart= needs no restart of nginx itself
         if self.r.haproxy_dropin in self.result.written:
             # A new command line: a reload keeps the old one, so the unit restarts (once).
             self._systemctl("daemon-reload")

@@ -15,8 +15,11 @@ author:
 description:
   - "nginx: writes the site O(nginx_site_file) when it differs, and the upstream file
     O(nginx_upstream_file) only when it is missing (from then on M(beamops.release.slot_cutover)
-    rewrites it at each switch). HAProxy: writes the live map O(haproxy_map_file) only when it
-    is missing, and the app's own file O(haproxy_app_file) when it differs. That file is loaded
+    rewrites it at each switch), and a systemd drop-in that makes C(nginx.service) restart
+    when it is killed or crashes (C(Restart=on-failure); Debian's HAProxy unit already restarts
+    always): a cutover whose proxy stops during its watch waits for it to be back. HAProxy:
+    writes the live map O(haproxy_map_file) only when it is
+    missing, and the app's own file O(haproxy_app_file) when it differs. That file is loaded
     beside the host's C(haproxy.cfg) (a systemd drop-in for C(haproxy.service) adds
     C(-f /etc/haproxy/beamops.d); the unit restarts once when the drop-in is new), so the
     host's global settings, chroot and other applications stay. A C(haproxy.cfg) an earlier

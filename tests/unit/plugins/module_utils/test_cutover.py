@@ -444,3 +444,86 @@ def test_nginx_puts_the_upstream_back_when_its_reload_fails(
     with pytest.raises(co.CutoverError, match="nginx did not reload"):
         co.NginxProxy(settings, commands).route("blue", "green")
     assert upstream.read_text() == "# live slot: green; fallback: none\n"
+
+
+class RestartingProxy(RecordingProxy):
+    """A proxy whose main PID follows a script (one value per look; the last one stays)."""
+
+    service = "fakeproxy.service"
+
+    def __init__(self, settings: co.Settings, pids: List[int]) -> None:
+        super().__init__(settings)
+        self.pids = pids
+        self.offline: List[str] = []
+
+    def main_pid(self) -> Optional[int]:
+        return self.pids.pop(0) if len(self.pids) > 1 else self.pids[0]
+
+    def route_offline(self, primary: str) -> None:
+        self.offline.append(primary)
+
+
+def test_a_proxy_restarted_during_the_watch_is_waited_for_and_the_new_slot_stays(
+    tmp_path: Path, slots: Dict[str, ScriptedServer]
+) -> None:
+    """Killed, then restarted by systemd (PID 100, then none, then 200): the watch starts
+    over and passes; nothing switches back, the release is recorded with a warning."""
+    settings = make_settings(tmp_path, slots)
+    slots["blue"].script("/health/ready", [READY])
+    proxy = RestartingProxy(settings, [100, 100, 0, 0, 200])
+    commands = Commands({("systemctl", "is-active"): (3, "")})
+    out = cutover(settings, commands, proxy).execute()
+    assert (out.result, out.stage, out.switched_back) == ("ok", "done", False), out.msg
+    assert [(p, f) for p, f, _ in proxy.routes] == [("blue", "green")]
+    assert proxy.offline == []
+    assert any(
+        "fakeproxy stopped during the watch (main PID 100)" in w and "as PID 200" in w
+        for w in out.warnings
+    ), out.warnings
+    assert not commands.ran("systemctl", "start", "fakeproxy.service")  # systemd did it
+    active = state(settings)["active"]
+    assert active is not None and (active["slot"], active["version"]) == ("blue", "0.2.0")
+
+
+def test_a_proxy_that_never_comes_back_leaves_its_files_on_the_old_slot(
+    tmp_path: Path, slots: Dict[str, ScriptedServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing runs to switch back through: the proxy's files name the old slot again (as
+    the state does), the cutover tried `systemctl start` once, the new slot is stopped."""
+    monkeypatch.setattr(co, "PROXY_RETURN_SECONDS", 0.6)
+    monkeypatch.setattr(co, "PROXY_START_AFTER_SECONDS", 0.2)
+    settings = make_settings(tmp_path, slots)
+    slots["blue"].script("/health/ready", [READY])
+    proxy = RestartingProxy(settings, [100, 100, 0])
+    commands = Commands({("systemctl", "is-active"): (3, "failed\n")})
+    out = cutover(settings, commands, proxy).execute()
+    assert (out.result, out.stage, out.switched_back) == ("failed", "watch", False), out.msg
+    assert "fakeproxy stopped during the watch (main PID 100) and was not back" in out.msg
+    assert "fakeproxy.service is failed" in out.msg
+    assert "its configuration routes to slot green (0.1.0) again" in out.msg
+    assert proxy.offline == ["green"]
+    assert [(p, f) for p, f, _ in proxy.routes] == [("blue", "green")]  # no live switch back
+    assert commands.ran("systemctl", "start", "fakeproxy.service")
+    assert commands.ran("systemctl", "stop", "demo@blue.service")
+    assert state(settings)["releases"]["0.2.0"]["status"] == "bad"
+
+
+def test_nginx_route_offline_writes_and_tests_the_file_without_a_reload(tmp_path: Path) -> None:
+    settings = co.Settings(
+        app="demo",
+        base_dir=str(tmp_path),
+        state_path=str(tmp_path / "state.json"),
+        config_dir=str(tmp_path),
+        slot_ports={"blue": 4001, "green": 4002},
+        proxy="nginx",
+        proxy_port=80,
+        nginx_upstream_file=str(tmp_path / "up"),
+        nginx_access_log=str(tmp_path / "log"),
+    )
+    commands = Commands({("systemctl", "show"): (0, "4242\n")})
+    nginx = co.NginxProxy(settings, commands)
+    assert nginx.main_pid() == 4242
+    nginx.route_offline("green")
+    assert "server 127.0.0.1:4002 max_fails=0;" in (tmp_path / "up").read_text()
+    assert commands.ran("nginx", "-t", "-q")
+    assert not commands.ran("systemctl", "reload")

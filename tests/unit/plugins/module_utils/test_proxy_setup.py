@@ -49,6 +49,7 @@ def nginx(tmp_path: Path, **changes: Any) -> ps.Request:
         haproxy_cfg_path=str(tmp_path / "haproxy.cfg"),
         haproxy_app_file=str(tmp_path / "beamops.d" / "app.cfg"),
         haproxy_dropin=str(tmp_path / "haproxy.service.d" / "beamops.conf"),
+        nginx_dropin=str(tmp_path / "nginx.service.d" / "beamops.conf"),
     )
     for key, value in changes.items():
         setattr(made, key, value)
@@ -63,8 +64,11 @@ def test_nginx_first_setup_writes_tests_reloads_and_a_rerun_does_nothing(
     (tmp_path / "haproxy.cfg").write_text("# Per-host proxy for app\n")
     commands = Commands()
     result = ps.ProxySetup(nginx(tmp_path), commands).apply()
-    assert result.changed and len(result.written) == 2
+    assert result.changed and len(result.written) == 3
     assert not (tmp_path / "default").exists()
+    # nginx killed or crashed comes back by itself (a cutover's watch waits for it).
+    assert "Restart=on-failure" in (tmp_path / "nginx.service.d" / "beamops.conf").read_text()
+    assert commands.ran("systemctl", "daemon-reload")
     assert commands.ran("nginx", "-t", "-q")
     assert commands.ran("systemctl", "reload-or-restart", "nginx.service")
     assert commands.ran("systemctl", "disable", "--now", "haproxy.service")
@@ -169,7 +173,7 @@ def test_moving_to_nginx_removes_only_this_app_s_haproxy_frontend(tmp_path: Path
 def test_check_mode_says_what_would_be_written_and_writes_nothing(tmp_path: Path) -> None:
     commands = Commands()
     result = ps.ProxySetup(nginx(tmp_path), commands).apply(check_mode=True)
-    assert result.changed and len(result.written) == 2
+    assert result.changed and len(result.written) == 3
     assert not (tmp_path / "app.conf").exists() and commands.seen == []
 
 
