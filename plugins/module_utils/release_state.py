@@ -656,7 +656,8 @@ def write_state_file(path: str, text: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
-            # mkstemp creates 0600; the state holds no secrets and other users may read it.
+            # Root-only (STATE_FILE_MODE): the lock in it is a deploy's, and failure messages
+            # carry a release's own log lines.
             os.fchmod(handle.fileno(), STATE_FILE_MODE)
             _keep_ownership(path, handle.fileno())
             os.fsync(handle.fileno())

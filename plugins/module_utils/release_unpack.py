@@ -100,6 +100,10 @@ def registered_sha(request: Request) -> Optional[str]:
     return known["sha256"] if known else None
 
 
+# Left free after unpacking: the state file and the lock must still be writable.
+SPACE_MARGIN = 1048576
+
+
 def ensure_layout(request: Request) -> None:
     for path in (request.base_dir, request.releases_dir, os.path.join(request.base_dir, "slots")):
         os.makedirs(path, mode=0o755, exist_ok=True)
@@ -174,6 +178,7 @@ def _verify_and_unpack(request: Request, sha256: str) -> None:
     try:
         with tarfile.open(request.src, "r:*") as tar:
             members = safe_members(tar.getmembers())
+            check_space(request.partial_dir, members, request.version)
             tar.extractall(request.partial_dir, members=members)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise UnpackError(f"cannot unpack the tarball of {request.version}: {exc}") from exc
@@ -183,6 +188,31 @@ def _verify_and_unpack(request: Request, sha256: str) -> None:
             f"the tarball has no executable bin/{request.app}: is beamops_app_name "
             f"({request.app}) the release's name?"
         )
+
+
+def check_space(directory: str, members: List[tarfile.TarInfo], version: str) -> None:
+    """Refuse to start unpacking what cannot fit: a disk filled half-way by a release fails
+    later writes of everything else on it (the state file, the live release's logs)."""
+    # Each file takes whole blocks; a margin keeps the state file writable afterwards.
+    block = 4096
+    needed = sum(-(-m.size // block) * block for m in members if m.isfile()) + SPACE_MARGIN
+    found = os.statvfs(directory)
+    free = found.f_bavail * found.f_frsize
+    problems = []
+    if needed > free:
+        problems.append(f"needs about {_mib(needed)} unpacked, {_mib(free)} is free")
+    if found.f_files and len(members) + 64 > found.f_favail:
+        problems.append(f"needs {len(members)} inodes, {found.f_favail} are free")
+    if problems:
+        raise UnpackError(
+            f"no room for release {version} in {os.path.dirname(directory)}: "
+            f"{'; '.join(problems)}. Free space there (older releases go with "
+            "beamops_releases_keep) and deploy again; nothing was unpacked"
+        )
+
+
+def _mib(size: int) -> str:
+    return f"{size / 1048576:.1f} MiB"
 
 
 def check_member(member: tarfile.TarInfo) -> None:

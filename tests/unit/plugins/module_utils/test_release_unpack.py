@@ -178,3 +178,43 @@ def test_the_controller_check_passes_a_good_release_and_counts_its_members(
     bad.write_bytes(b"not a tarball")
     with pytest.raises(ru.UnpackError, match="not a readable tarball"):
         ru.check_tarball(str(bad), "demo")
+
+
+class FullDisk:
+    """os.statvfs of a disk with `free` bytes and `inodes` inodes left."""
+
+    def __init__(self, free: int, inodes: int = 100000) -> None:
+        self.free, self.inodes = free, inodes
+
+    def __call__(self, path: str) -> os.statvfs_result:
+        # f_bsize, f_frsize, f_blocks, f_bfree, f_bavail, f_files, f_ffree, f_favail, ...
+        blocks = self.free // 4096
+        return os.statvfs_result((4096, 4096, 10**6, blocks, blocks, 10**6, self.inodes,
+                                  self.inodes, 0, 255))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("disk", "message"),
+    [
+        (FullDisk(free=512 * 1024), r"needs about 1\.\d MiB unpacked, 0\.5 MiB is free"),
+        (FullDisk(free=10**9, inodes=10), r"needs 4 inodes, 10 are free"),
+    ],
+)
+def test_a_release_that_cannot_fit_is_refused_before_anything_is_unpacked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, disk: FullDisk, message: str
+) -> None:
+    wanted = request(tmp_path, tarball(tmp_path, RELEASE))
+    monkeypatch.setattr(os, "statvfs", disk)
+    with pytest.raises(ru.UnpackError, match=message) as refused:
+        ru.install(wanted)
+    assert "no room for release 1.0.0 in" in str(refused.value)
+    assert "nothing was unpacked" in str(refused.value)
+    assert list(Path(wanted.releases_dir).iterdir()) == []
+    assert rs.read_state(wanted.state_path)[0]["releases"] == {}
+
+
+def test_a_release_that_fits_with_room_to_spare_installs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "statvfs", FullDisk(free=2 * 1024 * 1024))
+    assert ru.install(request(tmp_path, tarball(tmp_path, RELEASE))).installed
