@@ -22,7 +22,7 @@ import os
 import socket
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ansible_collections.beamops.release.plugins.module_utils import (
     cutover,
@@ -39,15 +39,32 @@ class Plan:
     warm: bool  # the idle slot already runs `version`: a rollback is a switch
     configured: bool  # the idle slot has its environment files (needed to start it)
     noop: bool = False  # the release asked for is already active: nothing to do
+    resumes: str = ""  # the interrupted rollback run whose target this plan keeps
 
     def describe(self) -> str:
+        resumed = f"finishing {self.resumes}: " if self.resumes else ""
         if self.noop:
-            return f"{self.version} is already active on slot {self.from_slot}: nothing to do"
+            return (
+                f"{resumed}{self.version} is already active on slot {self.from_slot}: nothing to do"
+            )
         how = "switch to the warm slot" if self.warm else "start it through its gate, then switch"
         return (
-            f"roll back from {self.from_version} (slot {self.from_slot}) to {self.version} "
-            f"(slot {self.slot}): {how}"
+            f"{resumed}roll back from {self.from_version} (slot {self.from_slot}) to "
+            f"{self.version} (slot {self.slot}): {how}"
         )
+
+
+ROLLBACK_PURPOSE = "rollback to "
+
+
+def interrupted_target(state: release_state.State) -> Tuple[Optional[str], str]:
+    """A rollback whose run died (killed controller, lost host) leaves its lock, naming its
+    target: a plain re-run goes to that release, not one further back. (target, which run)"""
+    lock = state["lock"]
+    if lock is None or not lock["purpose"].startswith(ROLLBACK_PURPOSE):
+        return None, ""
+    target = lock["purpose"][len(ROLLBACK_PURPOSE) :].strip()
+    return target or None, f"the interrupted rollback of {lock['holder']} (run {lock['run_id']})"
 
 
 def make_plan(
@@ -55,6 +72,9 @@ def make_plan(
 ) -> Plan:
     """What a rollback would do, or a CutoverError saying why there is none."""
     state, _ = release_state.read_state(settings.state_path)
+    resumes = ""
+    if to is None:
+        to, resumes = interrupted_target(state)
     # As the lock will: when a run was killed between its switch and its state write, the
     # slot the proxy routes to is the active one, whatever the file says.
     release_state.follow_the_proxy(state, settings.routing(), "", None)
@@ -77,7 +97,7 @@ def make_plan(
         )
     if version == active_version:
         # Asked for by name across a fleet, some hosts may already run it: not an error.
-        return Plan(version, active_slot, active_slot, active_version, True, True, noop=True)
+        return Plan(version, active_slot, active_slot, active_version, True, True, True, resumes)
     slot = view["idle_slot"]
     link = os.path.join(settings.base_dir, "slots", slot)
     release_dir = os.path.join(settings.base_dir, "releases", version)
@@ -86,7 +106,9 @@ def make_plan(
     # A slot still draining from the deploy is about to stop: the cutover waits, then starts it.
     running = running and not cutover.retirement_active(settings, slot, run)
     configured = os.path.exists(os.path.join(settings.config_dir, f"{slot}.env"))
-    return Plan(version, slot, active_slot, active_version, linked and running, configured)
+    return Plan(
+        version, slot, active_slot, active_version, linked and running, configured, False, resumes
+    )
 
 
 def _lock(settings: cutover.Settings, run_id: str, holder: str, purpose: str, force: bool) -> bool:

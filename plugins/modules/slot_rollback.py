@@ -30,7 +30,11 @@ options:
     type: path
     required: true
   to:
-    description: Release to go back to; default the host's rollback candidate.
+    description:
+      - Release to go back to; default the host's rollback candidate.
+      - "When omitted and the host's deploy lock was left by a rollback whose run died
+        (purpose C(rollback to <version>)), that version: a plain re-run finishes the
+        interrupted rollback instead of going one release further back."
     type: str
   plan_only:
     description: Only say what would happen (also what check mode does).
@@ -69,7 +73,8 @@ EXAMPLES = r"""
 RETURN = r"""
 plan:
   description: What the rollback does - C(version), C(slot), C(from_slot), C(from_version),
-    C(warm) (the slot already runs the release), C(configured), and C(describe).
+    C(warm) (the slot already runs the release), C(configured), C(noop), C(resumes) (the
+    interrupted rollback whose target it keeps, or empty), and C(describe).
   returned: always
   type: dict
 result:

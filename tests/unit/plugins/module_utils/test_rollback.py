@@ -27,12 +27,12 @@ from tests.unit.plugins.module_utils.test_cutover import (
 __all__ = ["slots"]  # the fixture, re-used
 
 
-def activate(settings: co.Settings, version: str, slot: str) -> None:
+def activate(settings: co.Settings, version: str, slot: str, run_id: str | None = None) -> None:
     for action, fields in (
         ("activate", {"slot": slot, "version": version}),
         ("mark", {"version": version, "status": "good"}),
     ):
-        rs.execute(rs.Request(action=action, path=settings.state_path, **fields))  # type: ignore[arg-type]
+        rs.execute(rs.Request(action=action, path=settings.state_path, run_id=run_id, **fields))  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -184,3 +184,34 @@ def test_the_plan_follows_the_proxy_when_a_killed_run_left_the_state_behind(
     plan = rb.make_plan(settings, None, Commands({("systemctl", "is-active"): (3, "")}))
     assert (plan.from_slot, plan.from_version, plan.slot, plan.version) == (
         "blue", "0.1.0", "green", "0.2.0")  # fmt: skip
+
+
+def test_a_plain_rerun_finishes_an_interrupted_rollback_not_one_further_back(
+    tmp_path: Path, slots: Dict[str, ScriptedServer]
+) -> None:
+    """Three good releases; a rollback to 0.2.0 was killed after it finished on the host
+    (its lock stays, naming the target): the plain re-run keeps 0.2.0, it does not go on to
+    0.1.0. Without such a lock, a plain rollback goes to the previous good release."""
+    made = make_settings(tmp_path, slots)
+    (Path(made.base_dir) / "releases" / "0.3.0").mkdir()
+    rs.execute(rs.Request(action="register", path=made.state_path, version="0.3.0",
+                          sha256="03" * 32))  # fmt: skip
+    for version, slot in (("0.1.0", "blue"), ("0.2.0", "green"), ("0.3.0", "blue")):
+        activate(made, version, slot)
+    assert rb.make_plan(made, None, Commands()).version == "0.2.0"
+    rs.execute(rs.Request(action="lock", path=made.state_path, run_id="dead-run",
+                          holder="alice@ctl", purpose="rollback to 0.2.0"))  # fmt: skip
+    activate(made, "0.2.0", "green", "dead-run")  # its orphaned module finished on the host
+    plan = rb.make_plan(made, None, Commands())
+    assert (plan.version, plan.noop) == ("0.2.0", True)
+    assert plan.resumes == "the interrupted rollback of alice@ctl (run dead-run)"
+    assert plan.describe().startswith("finishing the interrupted rollback of alice@ctl")
+    # Named by the operator, the version wins over the lock's.
+    assert rb.make_plan(made, "0.1.0", Commands()).resumes == ""
+
+
+def test_a_deploy_lock_left_behind_is_no_rollback_target(settings: co.Settings) -> None:
+    rs.execute(rs.Request(action="lock", path=settings.state_path, run_id="dead-run",
+                          holder="alice@ctl", purpose="deploy 0.3.0"))  # fmt: skip
+    plan = rb.make_plan(settings, None, Commands())
+    assert (plan.version, plan.resumes) == ("0.1.0", "")
