@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +79,18 @@ def ansible_env(collections_path: Path = REPO / "build" / "collections") -> Dict
     }
 
 
+def playbook_command(inventories: Sequence[str], playbook: str, *args: str) -> List[str]:
+    """ansible-playbook for playbooks/<playbook>.yml, a path, or an installed FQCN."""
+    if playbook.endswith(".yml") or playbook.startswith("beamops.release."):
+        path = playbook
+    else:
+        path = str(REPO / "playbooks" / f"{playbook}.yml")
+    cmd = [str(BIN / "ansible-playbook"), path]
+    for inventory in inventories:
+        cmd += ["-i", inventory]
+    return [*cmd, *args]
+
+
 def run_playbook(
     inventories: Sequence[str],
     playbook: str,
@@ -85,16 +99,9 @@ def run_playbook(
     collections_path: Optional[Path] = None,
 ) -> PlaybookRun:
     """Run playbooks/<playbook>.yml, a path, or an installed FQCN (beamops.release.deploy)."""
-    if playbook.endswith(".yml") or playbook.startswith("beamops.release."):
-        path = playbook
-    else:
-        path = str(REPO / "playbooks" / f"{playbook}.yml")
-    cmd = [str(BIN / "ansible-playbook"), path]
-    for inventory in inventories:
-        cmd += ["-i", inventory]
     started = time.monotonic()
     result = subprocess.run(
-        [*cmd, *args],
+        playbook_command(inventories, playbook, *args),
         cwd=REPO,
         env=ansible_env(collections_path or REPO / "build" / "collections"),
         capture_output=True,
@@ -105,6 +112,35 @@ def run_playbook(
     return PlaybookRun(
         result.returncode, result.stdout + result.stderr, round(time.monotonic() - started, 1)
     )
+
+
+class BackgroundRun:
+    """A playbook run going on while a test injects a fault (kills it, cuts a host off)."""
+
+    def __init__(self, inventories: Sequence[str], playbook: str, *args: str) -> None:
+        self.started = time.monotonic()
+        self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed by finish)
+        # Its own session: a kill takes ansible-playbook and all its workers, as kill -9 of
+        # the operator's terminal would.
+        self.process = subprocess.Popen(
+            playbook_command(inventories, playbook, *args),
+            cwd=REPO,
+            env=ansible_env(),
+            start_new_session=True,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def kill(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def finish(self, timeout: float = 600) -> PlaybookRun:
+        rc = self.process.wait(timeout=timeout)
+        self.log.seek(0)
+        output = self.log.read()
+        self.log.close()
+        return PlaybookRun(rc, output, round(time.monotonic() - self.started, 1))
 
 
 def run_module(inventories: Sequence[str], pattern: str, module: str, args: str) -> PlaybookRun:
