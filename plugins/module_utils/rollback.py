@@ -111,8 +111,17 @@ def make_plan(
     )
 
 
-def _lock(settings: cutover.Settings, run_id: str, holder: str, purpose: str, force: bool) -> bool:
-    """Take the host's deploy lock for this run; False when this run already held it."""
+def _lock(
+    settings: cutover.Settings,
+    run_id: str,
+    holder: str,
+    *,
+    purpose: str,
+    force: bool,
+    pid: Optional[int],
+) -> Tuple[bool, List[str]]:
+    """Take the host's deploy lock for this run: (False when this run already held it, the
+    warnings, e.g. that a dead run's lock was taken over)."""
     result = release_state.execute(
         release_state.Request(
             action="lock",
@@ -121,11 +130,12 @@ def _lock(settings: cutover.Settings, run_id: str, holder: str, purpose: str, fo
             holder=holder,
             purpose=purpose,
             force=force,
-            pid=os.getpid(),
+            pid=os.getpid() if pid is None else pid,
             routing=dataclasses.asdict(settings.routing()),
         )
     )
-    return "already held by this run" not in str(result.get("msg", ""))
+    took = "already held by this run" not in str(result.get("msg", ""))
+    return took, [str(w) for w in result.get("warnings", [])]
 
 
 def roll_back(
@@ -136,45 +146,63 @@ def roll_back(
     holder: str,
     host: str = "",
     force_lock: bool = False,
+    pid: Optional[int] = None,
+    keep_lock: bool = False,
     run: cutover.Run = cutover.run_command,
 ) -> cutover.Outcome:
-    """Under the host's deploy lock: cut over to `plan`, then mark the release left bad."""
-    if plan.noop:
-        return cutover.Outcome(result="unchanged", stage="done", msg=plan.describe())
-    if not (plan.warm or plan.configured):
+    """Under the host's deploy lock: cut over to `plan`, then mark the release left bad.
+
+    The lock names the target ("rollback to X") and `pid` (default this process): a caller that
+    keeps it (`keep_lock`, rollback.yml gives it back in its last play) leaves it behind when it
+    dies, for its re-run to take over and finish the same rollback (see make_plan)."""
+    if not (plan.noop or plan.warm or plan.configured):
         raise cutover.CutoverError(
             f"slot {plan.slot} has no configuration on this host; roll back with rollback.yml, "
             "which renders it"
         )
-    took = _lock(settings, run_id, holder, f"rollback to {plan.version}", force_lock)
+    # Taken even with nothing to do: a lock a dead run left is taken over, so a re-run ends it.
+    took, warnings = _lock(
+        settings, run_id, holder, purpose=f"rollback to {plan.version}", force=force_lock, pid=pid
+    )
     try:
-        request = cutover.Request(
-            slot=plan.slot,
-            version=plan.version,
-            from_slot=plan.from_slot,
-            from_version=plan.from_version,
-            event="rollback",
-            run_id=run_id,
-            host=host,
-        )
-        outcome = cutover.Cutover(settings, request, run=run).execute()
-        if outcome.result == "ok":
-            release_state.execute(
-                release_state.Request(
-                    action="mark",
-                    path=settings.state_path,
-                    run_id=run_id,
-                    version=plan.from_version,
-                    status="bad",
-                    reason=f"rolled back by {holder}",
-                )
-            )
+        if plan.noop:
+            outcome = cutover.Outcome(result="unchanged", stage="done", msg=plan.describe())
+        else:
+            outcome = _cut_over_and_mark(settings, plan, run_id, holder, host=host, run=run)
+        outcome.warnings[:0] = warnings
         return outcome
     finally:
-        if took:
+        if took and not keep_lock:
             release_state.execute(
                 release_state.Request(action="unlock", path=settings.state_path, run_id=run_id)
             )
+
+
+def _cut_over_and_mark(
+    settings: cutover.Settings, plan: Plan, run_id: str, holder: str, *, host: str, run: cutover.Run
+) -> cutover.Outcome:
+    request = cutover.Request(
+        slot=plan.slot,
+        version=plan.version,
+        from_slot=plan.from_slot,
+        from_version=plan.from_version,
+        event="rollback",
+        run_id=run_id,
+        host=host,
+    )
+    outcome = cutover.Cutover(settings, request, run=run).execute()
+    if outcome.result == "ok":
+        release_state.execute(
+            release_state.Request(
+                action="mark",
+                path=settings.state_path,
+                run_id=run_id,
+                version=plan.from_version,
+                status="bad",
+                reason=f"rolled back by {holder}",
+            )
+        )
+    return outcome
 
 
 # --------------------------------------------------------------------------- the command

@@ -52,6 +52,17 @@ options:
     description: Take over a deploy lock another run holds.
     type: bool
     default: false
+  pid:
+    description:
+      - Process id recorded with the lock (the controller's C(ansible-playbook)); default the
+        module's own. A re-run on the same controller takes over a lock whose pid is gone.
+    type: int
+  keep_lock:
+    description:
+      - Keep the deploy lock after the rollback; the caller gives it back (rollback.yml does,
+        in its last play). A run that dies before then leaves the lock naming its target.
+    type: bool
+    default: false
   host:
     description: Name used in messages (the inventory host).
     type: str
@@ -76,6 +87,11 @@ plan:
     C(warm) (the slot already runs the release), C(configured), C(noop), C(resumes) (the
     interrupted rollback whose target it keeps, or empty), and C(describe).
   returned: always
+  type: dict
+lock:
+  description: The host's deploy lock as the plan found it (C(holder), C(pid), C(purpose),
+    C(run_id), C(since)), or null when free.
+  returned: when planned
   type: dict
 result:
   description: C(ok), C(failed) (traffic stayed or went back where it was), C(unchanged) (the
@@ -114,6 +130,7 @@ from ansible_collections.beamops.release.plugins.module_utils.cutover import (  
 from ansible_collections.beamops.release.plugins.module_utils.release_state import (  # noqa: E402
     LockHeldError,
     ReleaseStateError,
+    read_state,
 )
 from ansible_collections.beamops.release.plugins.module_utils.rollback import (  # noqa: E402
     make_plan,
@@ -127,6 +144,8 @@ ARGUMENT_SPEC: Dict[str, Dict[str, Any]] = {
     "run_id": {"type": "str", "required": True},
     "holder": {"type": "str", "required": True},
     "force_lock": {"type": "bool", "default": False},
+    "pid": {"type": "int"},
+    "keep_lock": {"type": "bool", "default": False},
     "host": {"type": "str", "default": ""},
 }
 
@@ -140,7 +159,10 @@ def main() -> None:
         plan = make_plan(settings, params["to"])
         planned = {**dataclasses.asdict(plan), "describe": plan.describe()}
         if params["plan_only"] or module.check_mode:
-            module.exit_json(changed=False, result="planned", msg=plan.describe(), plan=planned)
+            lock = read_state(settings.state_path)[0]["lock"]
+            module.exit_json(
+                changed=False, result="planned", msg=plan.describe(), plan=planned, lock=lock
+            )
         outcome = roll_back(
             settings,
             plan,
@@ -148,6 +170,8 @@ def main() -> None:
             holder=params["holder"],
             host=params["host"],
             force_lock=params["force_lock"],
+            pid=params["pid"],
+            keep_lock=params["keep_lock"],
         )
     except LockHeldError as exc:
         module.fail_json(msg=f"{where}: {exc}. Nothing was changed.", lock=exc.lock)

@@ -215,3 +215,35 @@ def test_a_deploy_lock_left_behind_is_no_rollback_target(settings: co.Settings) 
                           holder="alice@ctl", purpose="deploy 0.3.0"))  # fmt: skip
     plan = rb.make_plan(settings, None, Commands())
     assert (plan.version, plan.resumes) == ("0.1.0", "")
+
+
+def test_a_kept_lock_names_the_target_and_the_controller_s_pid(
+    settings: co.Settings, slots: Dict[str, ScriptedServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rollback.yml keeps the lock until its last play: one killed before then leaves it,
+    naming where it was going and which ansible-playbook ran it."""
+    slots["blue"].script("/health/ready", [READY])
+    Path(settings.config_dir, "blue.env").write_text("PORT=1\n")
+    monkeypatch.setattr(co, "make_proxy", lambda s, run: RecordingProxy(settings))
+    commands = Commands({("systemctl", "is-active"): (3, "")})
+    plan = rb.make_plan(settings, None, commands)
+    out = rb.roll_back(settings, plan, run_id="r1", holder="alice@ctl", pid=4242,
+                       keep_lock=True, run=commands)  # fmt: skip
+    assert out.result == "ok", out.msg
+    lock = rs.read_state(settings.state_path)[0]["lock"]
+    assert lock is not None
+    assert (lock["run_id"], lock["pid"], lock["purpose"]) == ("r1", 4242, "rollback to 0.1.0")
+
+
+def test_a_re_run_with_nothing_left_to_do_still_ends_the_dead_run_s_lock(
+    settings: co.Settings,
+) -> None:
+    rs.execute(rs.Request(action="lock", path=settings.state_path, run_id="dead-run",
+                          holder="alice@ctl", purpose="rollback to 0.2.0", pid=1))  # fmt: skip
+    plan = rb.make_plan(settings, None, Commands())
+    assert plan.noop and plan.resumes
+    out = rb.roll_back(settings, plan, run_id="r2", holder="alice@ctl", force_lock=True,
+                       run=Commands())  # fmt: skip
+    assert out.result == "unchanged"
+    assert any("took over the forced deploy lock" in w for w in out.warnings), out.warnings
+    assert rs.read_state(settings.state_path)[0]["lock"] is None

@@ -17,7 +17,7 @@ from tests.unit.plugins.modules.test_slot_cutover import ansible_doc
 MODULES = {
     "slot_rollback": (
         slot_rollback,
-        {"plan", "result", "msg", "stage", "switched_back", "timings"},
+        {"plan", "lock", "result", "msg", "stage", "switched_back", "timings"},
     ),
     "slot_config": (slot_config, {"changed_files", "unit_active"}),
     "release_unpack": (
