@@ -122,10 +122,18 @@ NUMBERS: Dict[str, Tuple[float, bool, Optional[float]]] = {
     "beamops_start_limit_interval": (1, True, None),
     "beamops_tasks_max": (16, True, None),
     "beamops_limit_nofile": (1024, True, None),
+    "beamops_cpu_weight": (1, True, 10000),
+    "beamops_beam_process_limit": (1024, True, 134217727),
+    "beamops_beam_port_limit": (1024, True, 134217727),
     "beamops_lock_stale_after": (0, True, None),
     "beamops_max_fail_percentage": (0, True, 100),
     "beamops_artifact_download_timeout": (1, True, None),
 }
+
+
+def _number(value: float) -> str:
+    """1, 0.5 and 134217727 as a person writes them (not 1.34218e+08)."""
+    return str(int(value)) if value == int(value) else f"{value:g}"
 
 
 def fingerprint(value: str) -> str:
@@ -328,6 +336,16 @@ def _check_ports(inputs: Inputs) -> Iterator[str]:
 
 
 URL_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*")
+# systemd's sizes (bytes with K, M, G or T, a share of RAM, infinity) and CPU quota; +S.
+MEMORY_SIZE = re.compile(r"[1-9][0-9]*[KMGT]?|[1-9][0-9]?(\.[0-9]+)?%|infinity")
+CPU_QUOTA = re.compile(r"[1-9][0-9]*%")
+SCHEDULERS = re.compile(r"[1-9][0-9]{0,3}(:[1-9][0-9]{0,3})?")
+LIMIT_PATTERNS = (
+    ("beamops_memory_max", MEMORY_SIZE, "a size such as 512M, 2G or 80%"),
+    ("beamops_memory_high", MEMORY_SIZE, "a size such as 400M, 2G or 70%"),
+    ("beamops_cpu_quota", CPU_QUOTA, "a percentage such as 200% (two CPUs' worth)"),
+    ("beamops_beam_schedulers", SCHEDULERS, "schedulers such as 2 or 2:2"),
+)
 
 
 @rule(
@@ -346,6 +364,21 @@ def _check_paths_and_bind(inputs: Inputs) -> Iterator[str]:
         ipaddress.IPv4Address(str(bind))
     except ValueError:
         yield f"beamops_proxy_bind: got {shown(bind)}; expected an IPv4 address such as 0.0.0.0"
+
+
+@rule(
+    "Resource limits",
+    "Each empty (no limit) or: "
+    + ", ".join(f"`{name}` {what}" for name, _, what in LIMIT_PATTERNS)
+    + ". Written into the unit and vm.args as they are, so nothing else passes.",
+)
+def _check_limits(inputs: Inputs) -> Iterator[str]:
+    for name, pattern, what in LIMIT_PATTERNS:
+        value = inputs.get(name, "")
+        if value in ("", None):
+            continue
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            yield f"{name}: got {shown(value)}; expected empty or {what}"
 
 
 @rule(
@@ -371,7 +404,8 @@ def _check_trusted_proxies(inputs: Inputs) -> Iterator[str]:
     "Numbers and their ranges",
     "Counts and durations within their ranges: "
     + ", ".join(
-        f"`{name}` {'≥' if low_ok else '>'} {low:g}" + (f" and ≤ {high:g}" if high else "")
+        f"`{name}` {'≥' if low_ok else '>'} {_number(low)}"
+        + (f" and ≤ {_number(high)}" if high else "")
         for name, (low, low_ok, high) in NUMBERS.items()
     )
     + ".",
@@ -388,9 +422,9 @@ def _check_numbers(inputs: Inputs) -> Iterator[str]:
             continue
         if isinstance(value, bool) or number < low or (number == low and not low_ok):
             least = "at least" if low_ok else "more than"
-            yield f"{name}: got {shown(value)}; expected {least} {low:g}"
+            yield f"{name}: got {shown(value)}; expected {least} {_number(low)}"
         elif high is not None and number > high:
-            yield f"{name}: got {shown(value)}; expected at most {high:g}"
+            yield f"{name}: got {shown(value)}; expected at most {_number(high)}"
 
 
 @rule(

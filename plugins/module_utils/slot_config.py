@@ -31,6 +31,30 @@ class ConfigError(Exception):
     """A setting that cannot be written as asked; the message names the variable."""
 
 
+# Emulator flags from the collection's own variables, before beamops_vm_args' lines.
+BUSY_WAIT = ("none", "very_short", "short", "medium", "long", "very_long")
+
+
+def beam_flags(beam: Dict[str, Any]) -> List[str]:
+    """vm.args lines for the VM's schedulers, process and port limits and busy waiting.
+
+    Busy waiting ("none" by default) is how long an idle scheduler spins before it sleeps:
+    spinning looks like load to the host and to CPUQuota, so a shared host wants none."""
+    lines = []
+    if beam.get("schedulers"):
+        lines.append(f"+S {beam['schedulers']}")
+    if beam.get("process_limit"):
+        lines.append(f"+P {int(beam['process_limit'])}")
+    if beam.get("port_limit"):
+        lines.append(f"+Q {int(beam['port_limit'])}")
+    busy = beam.get("busy_wait")
+    if busy:
+        if busy not in BUSY_WAIT:
+            raise ConfigError(f"beamops_beam_busy_wait: got {busy!r}; expected one of {BUSY_WAIT}")
+        lines += [f"+sbwt {busy}", f"+sbwtdcpu {busy}", f"+sbwtdio {busy}"]
+    return lines
+
+
 @dataclasses.dataclass
 class Request:
     slot: str
@@ -43,6 +67,7 @@ class Request:
     secret_env: Dict[str, Any]
     cookie: Optional[str]
     vm_args: List[str]
+    beam: Dict[str, Any] = dataclasses.field(default_factory=dict)  # see beam_flags
 
 
 @dataclasses.dataclass
@@ -108,7 +133,7 @@ def render(request: Request) -> Dict[str, Tuple[str, int, bool]]:
         secret_text = environment_file.render(secrets, "beamops_secret_env")
     except environment_file.BadEnvironment as exc:
         raise ConfigError(str(exc)) from exc
-    vm_args = "".join(f"{line}\n" for line in request.vm_args)
+    vm_args = "".join(f"{line}\n" for line in [*beam_flags(request.beam), *request.vm_args])
     return {
         f"{base}.env": (
             f"{head}. Plain settings only; secrets are in {request.slot}.secrets.env, "

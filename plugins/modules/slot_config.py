@@ -59,10 +59,31 @@ options:
     description: The Erlang cookie, written as C(RELEASE_COOKIE) in the secrets file; never shown.
     type: str
   vm_args:
-    description: Extra lines of the deploy-time vm.args.
+    description: Extra lines of the deploy-time vm.args, after the O(beam) flags.
     type: list
     elements: str
     default: []
+  beam:
+    description: The VM's limits, written first in the deploy-time vm.args as emulator flags.
+    type: dict
+    default: {}
+    suboptions:
+      schedulers:
+        description: C(+S), e.g. C(2:2); empty for one scheduler per CPU.
+        type: str
+        default: ""
+      process_limit:
+        description: C(+P), the most processes the VM may run.
+        type: int
+      port_limit:
+        description: C(+Q), the most ports (sockets, files) the VM may open.
+        type: int
+      busy_wait:
+        description:
+          - C(+sbwt), C(+sbwtdcpu) and C(+sbwtdio) - how long an idle scheduler spins before it
+            sleeps. Spinning looks like load to the host and to C(CPUQuota=).
+        type: str
+        choices: [none, very_short, short, medium, long, very_long]
   unit:
     description:
       - The slot's systemd unit. When given, RV(unit_active) says whether it runs, so a caller
@@ -109,6 +130,7 @@ from typing import Any, Dict, List  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.beamops.release.plugins.module_utils.slot_config import (  # noqa: E402
+    BUSY_WAIT,
     ConfigError,
     FileChange,
     Request,
@@ -126,6 +148,16 @@ ARGUMENT_SPEC: Dict[str, Dict[str, Any]] = {
     "secret_env": {"type": "dict", "default": {}, "no_log": True},
     "cookie": {"type": "str", "no_log": True},
     "vm_args": {"type": "list", "elements": "str", "default": []},
+    "beam": {
+        "type": "dict",
+        "default": {},
+        "options": {
+            "schedulers": {"type": "str", "default": ""},
+            "process_limit": {"type": "int"},
+            "port_limit": {"type": "int"},
+            "busy_wait": {"type": "str", "choices": list(BUSY_WAIT)},
+        },
+    },
     "unit": {"type": "str"},
 }
 

@@ -484,6 +484,12 @@ def test_metrics_exposition(server: Release, build: Build) -> None:
     assert uptime is not None and uptime > 0
     memory = metric(text, "sample_app_beam_memory_bytes", kind="total")
     assert memory is not None and memory > 1_000_000
+    flavors = {
+        dict(k[1])["emu_flavor"] for k in parse_metrics(text) if k[0] == "sample_app_beam_info"
+    }
+    assert flavors in ({"jit"}, {"emu"}), flavors
+    assert (metric(text, "sample_app_beam_limit", kind="process_limit") or 0) >= 262144
+    assert (metric(text, "sample_app_beam_limit", kind="schedulers_online") or 0) >= 1
 
     count_before = metric(text, "sample_app_http_requests_total", path="/", status="200") or 0
     for _ in range(3):

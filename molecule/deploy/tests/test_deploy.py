@@ -58,6 +58,25 @@ def test_release_files_are_roots_and_secrets_are_root_only(fleet: Fleet) -> None
         assert host.check_output("systemctl show -p User --value sample_app@blue") == "sample_app"
 
 
+def exposure(fleet: Fleet, name: str, unit: str) -> float:
+    """`systemd-analyze security` of a loaded unit on the host: its overall exposure."""
+    shown = fleet.hosts[name].check_output(f"systemd-analyze security --no-pager {unit}")
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", shown)
+    assert found, shown
+    return float(found.group(1))
+
+
+def test_the_units_are_sealed_and_the_release_still_runs_with_the_jit(fleet: Fleet) -> None:
+    """The slot unit rates 1.2 or better and epmd 1.5 or better, with the release serving from
+    the sealed slot; MemoryDenyWriteExecute does not cost the BEAM its JIT."""
+    for name in HOSTS:
+        live = fleet.proxy_config_slot(name)
+        assert exposure(fleet, name, f"sample_app@{live}.service") <= 1.2
+        assert exposure(fleet, name, "beamops-epmd.service") <= 1.5
+        metrics = fleet.hosts[name].check_output("curl -s --max-time 3 http://127.0.0.1/metrics")
+        assert re.search(r'sample_app_beam_info\{[^}]*emu_flavor="jit"', metrics), metrics
+
+
 def test_the_proxies_set_the_forwarded_headers_from_the_peer(fleet: Fleet) -> None:
     """A client's own X-Forwarded-For and X-Forwarded-Proto never reach the release: both
     proxies replace them with the peer's address and their own scheme."""
@@ -129,6 +148,44 @@ def test_a_config_change_goes_blue_green_and_a_bad_one_leaves_the_live_slot_alon
     back = fleet.deploy("0.2.0")
     assert back.rc == 0, back.tail()
     assert fleet.served() == {name: "sample_app 0.2.0 on green" for name in HOSTS}
+
+
+LIMITS = {
+    "beamops_memory_high": "400M",
+    "beamops_cpu_quota": "150%",
+    "beamops_cpu_weight": 50,
+    "beamops_beam_schedulers": "1:1",
+    "beamops_beam_process_limit": 1048576,
+    "beamops_beam_port_limit": 32768,
+}
+
+
+def beam_limit(metrics: str, kind: str) -> int:
+    found = re.search(rf'sample_app_beam_limit\{{kind="{kind}"\}} (\d+)', metrics)
+    assert found, metrics
+    return int(found.group(1))
+
+
+def test_resource_limits_hold_in_systemd_and_in_the_vm(fleet: Fleet) -> None:
+    """New limits are a configuration change: blue-green under load, and the new slot runs with
+    them, as systemd shows its unit and as the VM reports itself (:erlang.system_info/1)."""
+    with fleet.under_load() as load:
+        run = fleet.deploy("0.2.0", "-e", json.dumps(LIMITS))
+    assert run.rc == 0, run.tail()
+    assert load.failed() == 0, load.results
+    for name, host in fleet.hosts.items():
+        unit = f"sample_app@{fleet.proxy_config_slot(name)}.service"
+        shown = host.check_output(
+            f"systemctl show -p MemoryHigh,CPUQuotaPerSecUSec,CPUWeight {unit}"
+        )
+        assert set(shown.split()) == {
+            "MemoryHigh=419430400", "CPUQuotaPerSecUSec=1.500000s", "CPUWeight=50"}  # fmt: skip
+        metrics = host.check_output("curl -s --max-time 3 http://127.0.0.1/metrics")
+        assert beam_limit(metrics, "process_limit") == 1048576
+        assert beam_limit(metrics, "port_limit") == 32768
+        assert beam_limit(metrics, "schedulers_online") == 1
+    back = fleet.deploy("0.2.0")
+    assert back.rc == 0, back.tail()
 
 
 def test_check_diff_shows_changes_but_no_secret(fleet: Fleet) -> None:

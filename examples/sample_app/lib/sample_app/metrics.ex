@@ -42,6 +42,19 @@ defmodule SampleApp.Metrics do
       family("sample_app_uptime_seconds", "gauge", "Seconds since the application started.", [
         {[], Health.uptime_seconds()}
       ]),
+      # What the VM runs as: the JIT or the interpreter (a sandbox forbidding writable
+      # executable memory must not silently cost the JIT), and the limits it was given.
+      family("sample_app_beam_info", "gauge", "The VM's build; the value is always 1.", [
+        {[otp_release: to_string(:erlang.system_info(:otp_release)),
+          emu_flavor: Atom.to_string(:erlang.system_info(:emu_flavor))], 1}
+      ]),
+      family(
+        "sample_app_beam_limit",
+        "gauge",
+        "The VM's limits, from :erlang.system_info/1.",
+        for(kind <- [:process_limit, :port_limit, :schedulers_online, :atom_limit],
+            do: {[kind: Atom.to_string(kind)], :erlang.system_info(kind)})
+      ),
       family(
         "sample_app_beam_memory_bytes",
         "gauge",

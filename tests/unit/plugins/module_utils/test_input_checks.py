@@ -57,6 +57,20 @@ def test_good_inputs_pass() -> None:
         ({"beamops_ready_path": "/ready\nExecStartPre=/x"}, "beamops_ready_path: got '/ready\\n"),
         ({"beamops_memory_max": "1G\r"}, "beamops_memory_max: got '1G\\r'"),
         ({"beamops_vm_args": ["+P 100", "-eval\tx"]}, "beamops_vm_args[1]: got"),
+        (
+            {"beamops_memory_max": "lots"},
+            "beamops_memory_max: got 'lots'; expected empty or a size",
+        ),
+        ({"beamops_memory_high": "1G KillMode=none"}, "beamops_memory_high: got"),
+        ({"beamops_cpu_quota": "2"}, "beamops_cpu_quota: got '2'; expected empty or a percentage"),
+        ({"beamops_cpu_weight": 0}, "beamops_cpu_weight: got 0; expected at least 1"),
+        ({"beamops_cpu_weight": 20000}, "beamops_cpu_weight: got 20000; expected at most 10000"),
+        ({"beamops_beam_schedulers": "2:2 -eval x"}, "beamops_beam_schedulers: got"),
+        ({"beamops_beam_process_limit": 10}, "beamops_beam_process_limit: got 10; expected at"),
+        (
+            {"beamops_beam_port_limit": 2**30},
+            "beamops_beam_port_limit: got 1073741824; expected at",
+        ),
         ({"beamops_ready_json_fields": {"st\natus": "ok"}}, "beamops_ready_json_fields (key)"),
         ({"beamops_env": {"LD_PRELOAD": "/x.so"}}, "beamops_env: LD_PRELOAD changes how"),
         ({"beamops_env": {"PATH": "/tmp"}}, "beamops_env: PATH changes"),
@@ -95,6 +109,19 @@ def test_each_hostile_input_is_refused_naming_the_variable(
 ) -> None:
     found = ic.problems({**GOOD, **change})
     assert any(expected in problem for problem in found), found
+
+
+def test_resource_limits_in_systemd_s_and_the_vm_s_own_words_pass() -> None:
+    limits = {
+        "beamops_memory_max": "512M",
+        "beamops_memory_high": "80%",
+        "beamops_cpu_quota": "150%",
+        "beamops_cpu_weight": 50,
+        "beamops_beam_schedulers": "2:2",
+        "beamops_beam_process_limit": 1048576,
+        "beamops_beam_port_limit": 65536,
+    }
+    assert ic.problems({**GOOD, **limits}) == []
 
 
 def test_rollback_checks_rollback_to_not_the_deploy_version() -> None:

@@ -93,6 +93,7 @@ def test_a_mode_or_owner_changed_by_hand_is_put_back(tmp_path: Path) -> None:
         ({"env": {"BAD-NAME": "1"}}, "'BAD-NAME' is not a valid environment variable name"),
         ({"env": {"X": "two\nlines"}}, "the value of X contains a newline"),
         ({"vm_args": ["+S 2\n-eval evil"]}, "must be one line of text"),
+        ({"beam": {"busy_wait": "forever"}}, "beamops_beam_busy_wait: got 'forever'"),
         ({"app_user": "no-such-user-here"}, "does not exist on the host"),
     ],
 )
@@ -109,3 +110,17 @@ def test_check_mode_on_a_fresh_host_without_the_account_reports_changes(tmp_path
     changed, changes = sc.apply(fresh, check_mode=True)
     assert changed and len(changes) == 3
     assert not (tmp_path / "etc").exists()
+
+
+def test_the_vm_s_limits_come_first_in_vm_args_then_the_user_s_lines(tmp_path: Path) -> None:
+    beam = {"schedulers": "2:2", "process_limit": 1048576, "port_limit": 65536, "busy_wait": "none"}
+    sc.apply(request(tmp_path, beam=beam, vm_args=["-kernel inet_dist_use_interface {127,0,0,1}"]))
+    assert (
+        (tmp_path / "etc" / "blue.vm.args")
+        .read_text()
+        .endswith(
+            "-start_epmd false\n+S 2:2\n+P 1048576\n+Q 65536\n+sbwt none\n+sbwtdcpu none\n"
+            "+sbwtdio none\n-kernel inet_dist_use_interface {127,0,0,1}\n"
+        )
+    )
+    assert sc.beam_flags({"schedulers": "", "process_limit": None}) == []
