@@ -107,7 +107,8 @@ def test_collection_builds_and_installs(tmp_path: Path) -> None:
         assert not (root / leftover).exists(), f"{leftover} must not be packaged"
 
 
-def test_readme_variable_table_is_current() -> None:
+def test_generated_docs_are_current() -> None:
+    """README.md's variable table and checks list, and every role's README."""
     result = run([sys.executable, "docs/gen_variables.py", "--check"])
     assert result.returncode == 0, result.stdout + result.stderr
 
