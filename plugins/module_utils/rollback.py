@@ -71,7 +71,15 @@ def make_plan(
     settings: cutover.Settings, to: Optional[str], run: cutover.Run = cutover.run_command
 ) -> Plan:
     """What a rollback would do, or a CutoverError saying why there is none."""
+    return plan_and_lock(settings, to, run)[0]
+
+
+def plan_and_lock(
+    settings: cutover.Settings, to: Optional[str], run: cutover.Run = cutover.run_command
+) -> Tuple[Plan, Optional[release_state.DeployLock]]:
+    """make_plan, and the deploy lock the plan read from the same state (None when free)."""
     state, _ = release_state.read_state(settings.state_path)
+    lock = state["lock"]
     resumes = ""
     if to is None:
         to, resumes = interrupted_target(state)
@@ -97,7 +105,9 @@ def make_plan(
         )
     if version == active_version:
         # Asked for by name across a fleet, some hosts may already run it: not an error.
-        return Plan(version, active_slot, active_slot, active_version, True, True, True, resumes)
+        return Plan(
+            version, active_slot, active_slot, active_version, True, True, True, resumes
+        ), lock
     slot = view["idle_slot"]
     link = os.path.join(settings.base_dir, "slots", slot)
     release_dir = os.path.join(settings.base_dir, "releases", version)
@@ -108,7 +118,7 @@ def make_plan(
     configured = os.path.exists(os.path.join(settings.config_dir, f"{slot}.env"))
     return Plan(
         version, slot, active_slot, active_version, linked and running, configured, False, resumes
-    )
+    ), lock
 
 
 def _lock(

@@ -130,10 +130,9 @@ from ansible_collections.beamops.release.plugins.module_utils.cutover import (  
 from ansible_collections.beamops.release.plugins.module_utils.release_state import (  # noqa: E402
     LockHeldError,
     ReleaseStateError,
-    read_state,
 )
 from ansible_collections.beamops.release.plugins.module_utils.rollback import (  # noqa: E402
-    make_plan,
+    plan_and_lock,
     roll_back,
 )
 
@@ -156,10 +155,9 @@ def main() -> None:
     where = params["host"] or "host"
     try:
         settings = load_settings(os.path.join(params["config_dir"], SETTINGS_FILE_NAME))
-        plan = make_plan(settings, params["to"])
+        plan, lock = plan_and_lock(settings, params["to"])
         planned = {**dataclasses.asdict(plan), "describe": plan.describe()}
         if params["plan_only"] or module.check_mode:
-            lock = read_state(settings.state_path)[0]["lock"]
             module.exit_json(
                 changed=False, result="planned", msg=plan.describe(), plan=planned, lock=lock
             )
