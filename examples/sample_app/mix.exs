@@ -19,7 +19,8 @@ defmodule SampleApp.MixProject do
 
   def application do
     [
-      extra_applications: [:logger],
+      # :ssl for TLS distribution (-proto_dist inet_tls), which loads it at boot.
+      extra_applications: [:logger, :ssl],
       mod: {SampleApp.Application, []}
     ]
   end

@@ -47,4 +47,6 @@ class ActionModule(ActionBase):  # type: ignore[misc]
                 values[name] = self._templar.template(task_vars[name])
             except Exception as exc:  # an undefined or broken template: name it, stop
                 unreadable.append(f"{name}: cannot be evaluated: {type(exc).__name__}")
+        # The inventory's group names (not their hosts): beamops_cluster_group must be one.
+        values["__inventory_groups"] = sorted(task_vars.get("groups", {}))
         return values, unreadable

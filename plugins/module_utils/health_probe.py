@@ -24,6 +24,7 @@ import dataclasses
 import http.client
 import json
 import math
+import os
 import random
 import socket
 import ssl
@@ -505,10 +506,18 @@ def run_probe(
 def process_gone(pid: int) -> Optional[str]:
     """None while `pid` runs; else why not. A zombie has exited too, only not been reaped."""
     try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return f"process {pid} exited"
+    except PermissionError:
+        pass  # it exists (another user's)
+    try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
             fields = handle.read().rsplit(")", 1)[-1].split()
     except OSError:
-        return f"process {pid} exited"
+        # It exists, but /proc hides it: the unit's ExecStartPost= runs in a user namespace of
+        # its own (PrivateUsers=), where ProtectProc=invisible hides the main process.
+        return None
     if fields and fields[0] in ("Z", "X"):
         return f"process {pid} exited"
     return None

@@ -34,7 +34,8 @@ ENV_VALUE_FORBIDDEN = re.compile(r"[\x00\r\n]")
 # collection set per slot: an environment file must not override them.
 DENIED_ENV = re.compile(
     r"LD_[A-Z0-9_]*|PATH|ERL_[A-Z0-9_]*FLAGS|ERL_LIBS|ELIXIR_ERL_OPTIONS|HOME|PORT|SLOT"
-    r"|ERL_CRASH_DUMP|RELEASE_(COOKIE|NODE|DISTRIBUTION|VM_ARGS|TMP|ROOT|NAME|VSN|PROG|SYS_CONFIG)"
+    r"|ERL_CRASH_DUMP|CLUSTER_NODES"
+    r"|RELEASE_(COOKIE|NODE|DISTRIBUTION|VM_ARGS|REMOTE_VM_ARGS|TMP|ROOT|NAME|VSN|PROG|SYS_CONFIG)"
 )
 # Accounts of the OS and of common services: the release must not run as (or rewrite) them.
 SYSTEM_ACCOUNTS = frozenset(
@@ -101,8 +102,12 @@ EXAMPLE_SECRETS = frozenset(
 )
 COOKIE_MIN_LENGTH = 20
 COOKIE_MIN_DISTINCT = 10
-SECRET_VARIABLES = frozenset({"beamops_release_cookie", "beamops_secret_env"})
+SECRET_VARIABLES = frozenset(
+    {"beamops_release_cookie", "beamops_secret_env", "beamops_dist_tls_key"}
+)
 ENV_VARIABLES = ("beamops_env", "beamops_secret_env")
+# PEM text: many lines by nature, written to files of their own (never into a line).
+PEM_VARIABLES = ("beamops_dist_tls_cert", "beamops_dist_tls_key", "beamops_dist_tls_cacert")
 
 # name -> (lowest, lowest allowed itself, highest or None)
 NUMBERS: Dict[str, Tuple[float, bool, Optional[float]]] = {
@@ -259,13 +264,14 @@ def _strings(value: object, where: str) -> Iterator[Tuple[str, str]]:
 
 @rule(
     "No control characters",
-    "Every string of every `beamops_*` variable (keys and items of lists and mappings too) has "
-    "no control character (newline, carriage return, tab, NUL, ...): these strings land in unit, "
+    "Every string of every `beamops_*` variable (keys and items of lists and mappings too; "
+    "PEM text aside) has no control character (newline, carriage return, tab, NUL, ...): "
+    "these strings land in unit, "
     "config and vm.args files, where a newline would add a directive.",
 )
 def _check_control_characters(inputs: Inputs) -> Iterator[str]:
     for name in sorted(inputs.values):
-        if not name.startswith("beamops_") or name in ENV_VARIABLES:
+        if not name.startswith("beamops_") or name in ENV_VARIABLES or name in PEM_VARIABLES:
             continue
         for where, text in _strings(inputs.values[name], name):
             if CONTROL.search(text):
@@ -279,8 +285,9 @@ def _check_control_characters(inputs: Inputs) -> Iterator[str]:
     "that are strings, numbers or booleans without NUL, CR or LF, no name in both, and none "
     "that changes how the loader or the VM starts or that the release script and the "
     "collection set: `LD_*`, `PATH`, `HOME`, `ERL_*FLAGS`, `ERL_LIBS`, `ELIXIR_ERL_OPTIONS`, "
-    "`ERL_CRASH_DUMP`, `PORT`, `SLOT`, `RELEASE_COOKIE`, `RELEASE_NODE`, `RELEASE_DISTRIBUTION`, "
-    "`RELEASE_VM_ARGS`, `RELEASE_TMP`, `RELEASE_ROOT`, `RELEASE_NAME`, `RELEASE_VSN`, "
+    "`ERL_CRASH_DUMP`, `PORT`, `SLOT`, `CLUSTER_NODES`, `RELEASE_COOKIE`, `RELEASE_NODE`, "
+    "`RELEASE_DISTRIBUTION`, `RELEASE_VM_ARGS`, `RELEASE_REMOTE_VM_ARGS`, `RELEASE_TMP`, "
+    "`RELEASE_ROOT`, `RELEASE_NAME`, `RELEASE_VSN`, "
     "`RELEASE_PROG`, `RELEASE_SYS_CONFIG`. Secret values are never shown.",
 )
 def _check_environment(inputs: Inputs) -> Iterator[str]:
@@ -314,25 +321,90 @@ def _env_entry(source: str, name: object, value: object, secret: bool) -> Iterat
         yield f"{source}.{name}: {what} has a NUL, CR or LF; expected one line"
 
 
+EPMD_PORT = 4369
+
+
+def _slot_ports(inputs: Inputs, name: str, default: Mapping[str, int]) -> Iterator[Any]:
+    slots = inputs.get(name, default)
+    if not isinstance(slots, Mapping) or sorted(slots) != ["blue", "green"]:
+        yield f"{name}: got {shown(slots)}; expected exactly the keys blue and green"
+    else:
+        yield from ((f"{name}.{slot}", slots[slot]) for slot in ("blue", "green"))
+
+
 @rule(
     "Ports",
-    "`beamops_slot_ports` maps exactly `blue` and `green`; those ports and `beamops_proxy_port` "
-    "are integers from 1 to 65535 and all distinct.",
+    "`beamops_slot_ports` and (with distribution) `beamops_dist_ports` each map exactly `blue` "
+    "and `green`; those ports and `beamops_proxy_port` are integers from 1 to 65535, all "
+    f"distinct, and none is epmd's {EPMD_PORT}.",
 )
 def _check_ports(inputs: Inputs) -> Iterator[str]:
-    slots = inputs.get("beamops_slot_ports", {"blue": 4001, "green": 4002})
     ports: List[Tuple[str, Any]] = [("beamops_proxy_port", inputs.get("beamops_proxy_port", 80))]
-    if not isinstance(slots, Mapping) or sorted(slots) != ["blue", "green"]:
-        yield f"beamops_slot_ports: got {shown(slots)}; expected exactly the keys blue and green"
-    else:
-        ports += [(f"beamops_slot_ports.{slot}", slots[slot]) for slot in ("blue", "green")]
+    maps = [("beamops_slot_ports", {"blue": 4001, "green": 4002})]
+    if inputs.get("beamops_release_distribution", "sname") != "none":
+        maps.append(("beamops_dist_ports", {"blue": 9101, "green": 9102}))
+    for name, default in maps:
+        for found in _slot_ports(inputs, name, default):
+            if isinstance(found, str):
+                yield found
+            else:
+                ports.append(found)
     for name, port in ports:
         if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
             yield f"{name}: got {shown(port)}; expected a TCP port from 1 to 65535"
+        elif port == EPMD_PORT:
+            yield f"{name}: got {port}, epmd's port; expected another"
     numbers = [port for _, port in ports]
     if len(set(map(str, numbers))) != len(numbers):
         listed = ", ".join(f"{name}={port}" for name, port in ports)
         yield f"ports must be distinct: {listed}"
+
+
+@rule(
+    "Distribution and cluster",
+    "With distribution: `beamops_dist_address` an IPv4 address (with `name`, not loopback when "
+    "`beamops_cluster_group` is set: peers on other hosts must reach it); "
+    "`beamops_cluster_group` empty or an inventory group, and only with distribution `name`; "
+    "with `beamops_dist_tls`, `beamops_dist_tls_cert`, `beamops_dist_tls_key` and "
+    "`beamops_dist_tls_cacert` PEM text (the key's never shown).",
+)
+def _check_distribution(inputs: Inputs) -> Iterator[str]:
+    distribution = inputs.get("beamops_release_distribution", "sname")
+    if distribution == "none":
+        return
+    address = inputs.get("beamops_dist_address", "127.0.0.1")
+    group = inputs.get("beamops_cluster_group", "")
+    try:
+        parsed = ipaddress.IPv4Address(str(address))
+    except ValueError:
+        yield (
+            f"beamops_dist_address: got {shown(address)}; expected an IPv4 address (the "
+            "interface distribution and epmd listen on; with name it defaults to ansible_host)"
+        )
+    else:
+        if group and parsed.is_loopback:
+            yield (
+                f"beamops_dist_address: got {address}, a loopback address; expected one that the "
+                f"other hosts of beamops_cluster_group {group!r} reach"
+            )
+    if group:
+        groups = inputs.get("__inventory_groups", [])
+        if distribution != "name":
+            yield (
+                f"beamops_cluster_group: {group!r} needs beamops_release_distribution name "
+                f"(node names that other hosts resolve), got {distribution}"
+            )
+        if isinstance(groups, (list, tuple)) and group not in groups:
+            yield f"beamops_cluster_group: {shown(group)} is not a group of the inventory"
+    if inputs.get("beamops_dist_tls", False):
+        for name in PEM_VARIABLES:
+            value = inputs.get(name, "")
+            if not isinstance(value, str) or "-----BEGIN " not in value:
+                what = "(secret)" if name in SECRET_VARIABLES else shown(value)
+                yield (
+                    f"{name}: got {what}; expected PEM text (-----BEGIN ...), as "
+                    "beamops_dist_tls is true"
+                )
 
 
 URL_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*")
@@ -381,23 +453,25 @@ def _check_limits(inputs: Inputs) -> Iterator[str]:
             yield f"{name}: got {shown(value)}; expected empty or {what}"
 
 
+NETWORK_LISTS = ("beamops_proxy_trusted_proxies", "beamops_ip_allow")
+
+
 @rule(
-    "Trusted proxies",
-    "`beamops_proxy_trusted_proxies`: a list of IP networks or addresses (`10.0.0.0/8`, "
-    "`192.0.2.7`, `2001:db8::/32`), whose forwarded headers the proxy believes.",
+    "Trusted proxies and allowed addresses",
+    "`beamops_proxy_trusted_proxies` and `beamops_ip_allow`: lists of IP networks or addresses "
+    "(`10.0.0.0/8`, `192.0.2.7`, `2001:db8::/32`).",
 )
-def _check_trusted_proxies(inputs: Inputs) -> Iterator[str]:
-    networks = inputs.get("beamops_proxy_trusted_proxies", [])
-    if not isinstance(networks, (list, tuple)):
-        yield f"beamops_proxy_trusted_proxies: got {shown(networks)}; expected a list of networks"
-        return
-    for network in networks:
-        try:
-            ipaddress.ip_network(str(network), strict=False)
-        except ValueError:
-            yield (
-                f"beamops_proxy_trusted_proxies: {shown(network)} is not an IP network or address"
-            )
+def _check_networks(inputs: Inputs) -> Iterator[str]:
+    for name in NETWORK_LISTS:
+        networks = inputs.get(name, [])
+        if not isinstance(networks, (list, tuple)):
+            yield f"{name}: got {shown(networks)}; expected a list of networks"
+            continue
+        for network in networks:
+            try:
+                ipaddress.ip_network(str(network), strict=False)
+            except ValueError:
+                yield f"{name}: {shown(network)} is not an IP network or address"
 
 
 @rule(

@@ -4,9 +4,18 @@
 
     <config_dir>/                     root:<group> 0750
     <config_dir>/<slot>.env           root:<group> 0640  plain environment, collection's values
-    <config_dir>/<slot>.secrets.env   root:root    0600  secrets and the cookie (systemd reads it)
+    <config_dir>/<slot>.secrets.env   root:root    0600  secrets (systemd reads it)
     <config_dir>/<slot>.vm.args       root:<group> 0640  deploy-time vm.args (RELEASE_VM_ARGS)
-    <state_dir>/<slot>/               <user>:<group> 0750 the slot's working directory
+    <config_dir>/<slot>.remote.vm.args root:<group> 0640 the same for remote shells and rpc
+    <state_dir>/<slot>/               <user>:<group> 0750 the slot's working directory (HOME)
+    <state_dir>/<slot>/.erlang.cookie <user>:<group> 0400 the cookie, read by the VM itself
+    <config_dir>/dist-tls/            root:<group> 0750 TLS distribution: ssl_dist.conf, PEMs
+
+The cookie never reaches argv: Elixir's start script always passes `--cookie
+"$RELEASE_COOKIE"` to erl, so RELEASE_COOKIE is set to COOKIE_FROM_HOME, a flag with no
+value. erl then sees `-setcookie` without a value and reads `$HOME/.erlang.cookie`, as
+Erlang does when no cookie is given (checked on OTP 25: erlang:get_cookie/0 returns the
+file's content).
 
 Each file is replaced atomically, and only when its content, mode or owner differ. The
 secrets file's content never leaves this module: not in a diff, not in a message.
@@ -16,6 +25,7 @@ Pure standard library, Python 3.8+.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import grp
 import os
@@ -55,6 +65,63 @@ def beam_flags(beam: Dict[str, Any]) -> List[str]:
     return lines
 
 
+# RELEASE_COOKIE's value: a flag with no value, so that erl's `-setcookie` has none and the
+# VM reads $HOME/.erlang.cookie (see the module's docstring). Its name says where to look.
+COOKIE_FROM_HOME = "-beamops_cookie_in_home_erlang_cookie"
+TLS_DIR = "dist-tls"
+
+
+def dist_flags(dist: Dict[str, Any], config_dir: str, remote: bool = False) -> List[str]:
+    """vm.args lines for distribution: the interface, the slot's pinned port, TLS.
+
+    A remote shell or rpc node (remote=True) listens on any free port: the pinned one is
+    the slot's own. Both must speak the slot's protocol (TLS or not) to reach it."""
+    lines = []
+    address = dist.get("address")
+    if address:
+        try:
+            parts = [int(part) for part in str(address).split(".")]
+        except ValueError:
+            parts = []
+        if len(parts) != 4 or not all(0 <= part <= 255 for part in parts):
+            raise ConfigError(f"beamops_dist_address: got {address!r}; expected an IPv4 address")
+        lines.append(f"-kernel inet_dist_use_interface {{{','.join(map(str, parts))}}}")
+    port = dist.get("port")
+    if port and not remote:
+        lines += [
+            f"-kernel inet_dist_listen_min {int(port)}",
+            f"-kernel inet_dist_listen_max {int(port)}",
+        ]
+    if dist.get("tls"):
+        optfile = os.path.join(config_dir, TLS_DIR, "ssl_dist.conf")
+        lines += ["-proto_dist inet_tls", f"-ssl_dist_optfile {optfile}"]
+    return lines
+
+
+def _erlang_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def ssl_dist_conf(config_dir: str) -> str:
+    """OTP's ssl_dist_optfile: both ends present a certificate and verify the other's."""
+    tls = os.path.join(config_dir, TLS_DIR)
+    files = ", ".join(
+        f"{{{key}, {_erlang_string(os.path.join(tls, name))}}}"
+        for key, name in (
+            ("certfile", "cert.pem"),
+            ("keyfile", "key.pem"),
+            ("cacertfile", "cacert.pem"),
+        )
+    )
+    return (
+        "%% Managed by beamops.release (slot_config): TLS for Erlang distribution.\n"
+        "%% Every node shows a certificate signed by the cluster's CA and checks the other's.\n"
+        f"[{{server, [{files}, {{verify, verify_peer}}, {{fail_if_no_peer_cert, true}},\n"
+        "           {secure_renegotiate, true}]},\n"
+        f" {{client, [{files}, {{verify, verify_peer}}, {{secure_renegotiate, true}}]}}].\n"
+    )
+
+
 @dataclasses.dataclass
 class Request:
     slot: str
@@ -68,6 +135,8 @@ class Request:
     cookie: Optional[str]
     vm_args: List[str]
     beam: Dict[str, Any] = dataclasses.field(default_factory=dict)  # see beam_flags
+    # address, port, tls (bool) and, with tls, cert/key/cacert (PEM text): see dist_flags
+    dist: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -76,6 +145,19 @@ class FileChange:
     secret: bool
     before: str
     after: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Wanted:
+    content: str
+    mode: int
+    secret: bool = False  # never shown in a diff
+    # root:<group> (the VM reads it through its group), root:root (systemd reads it) or
+    # <user>:<group> (the VM reads it as itself)
+    owner: str = "group"
+
+    def ids(self, uid: int, gid: int) -> Tuple[int, int]:
+        return {"group": (0, gid), "root": (0, 0), "app": (uid, gid)}[self.owner]
 
 
 def _ids(request: Request, check_mode: bool) -> Tuple[int, int]:
@@ -118,39 +200,82 @@ def check(request: Request) -> None:
     for line in request.vm_args:
         if not isinstance(line, str) or any(c in line for c in "\n\r\0"):
             raise ConfigError(f"beamops_vm_args: {line!r} must be one line of text")
+    if request.dist.get("tls"):
+        missing = [
+            f"beamops_dist_tls_{key}"
+            for key in ("cert", "key", "cacert")
+            if not request.dist.get(key)
+        ]
+        if missing:
+            raise ConfigError(
+                f"beamops_dist_tls is true but {', '.join(missing)} is empty; expected PEM text"
+            )
 
 
-def render(request: Request) -> Dict[str, Tuple[str, int, bool]]:
-    """path -> (content, mode, secret)."""
+def _vm_args_file(head: str, what: str, lines: List[str]) -> str:
+    return (
+        f"## {head}: {what}.\n"
+        "## epmd runs as its own unit (beamops-epmd.service), so that stopping one slot\n"
+        "## never takes down the epmd the other slot registered with.\n"
+        "-start_epmd false\n" + "".join(f"{line}\n" for line in lines)
+    )
+
+
+def render(request: Request) -> Dict[str, Wanted]:
+    """Every file of the slot: path -> what it must hold."""
     base = os.path.join(request.config_dir, request.slot)
     plain = {**request.env, **request.reserved}
-    secrets = dict(request.secret_env)
     if request.cookie:
-        secrets["RELEASE_COOKIE"] = request.cookie
+        plain["RELEASE_COOKIE"] = COOKIE_FROM_HOME
     head = "# Managed by beamops.release (slot_config)"
     try:
         env_text = environment_file.render(plain, "beamops_env")
-        secret_text = environment_file.render(secrets, "beamops_secret_env")
+        secret_text = environment_file.render(dict(request.secret_env), "beamops_secret_env")
     except environment_file.BadEnvironment as exc:
         raise ConfigError(str(exc)) from exc
-    vm_args = "".join(f"{line}\n" for line in [*beam_flags(request.beam), *request.vm_args])
-    return {
-        f"{base}.env": (
+    dist = dist_flags(request.dist, request.config_dir)
+    files = {
+        f"{base}.env": Wanted(
             f"{head}. Plain settings only; secrets are in {request.slot}.secrets.env, "
             f"readable by root alone.\n{env_text}",
             0o640,
-            False,
         ),
-        f"{base}.secrets.env": (f"{head}. Secrets: root only.\n{secret_text}", 0o600, True),
-        f"{base}.vm.args": (
-            f"## {head}: deploy-time vm.args for slot {request.slot}.\n"
-            "## epmd runs as its own unit (beamops-epmd.service), so that stopping one slot\n"
-            "## never takes down the epmd the other slot registered with.\n"
-            f"-start_epmd false\n{vm_args}",
+        f"{base}.secrets.env": Wanted(
+            f"{head}. Secrets: root only.\n{secret_text}", 0o600, secret=True, owner="root"
+        ),
+        f"{base}.vm.args": Wanted(
+            _vm_args_file(
+                head,
+                f"deploy-time vm.args for slot {request.slot}",
+                [*beam_flags(request.beam), *dist, *request.vm_args],
+            ),
             0o640,
-            False,
+        ),
+        f"{base}.remote.vm.args": Wanted(
+            _vm_args_file(
+                head,
+                f"vm.args of remote shells and rpc calls to slot {request.slot}",
+                dist_flags(request.dist, request.config_dir, remote=True),
+            ),
+            0o640,
         ),
     }
+    if request.cookie:
+        cookie = os.path.join(request.state_dir, request.slot, ".erlang.cookie")
+        # Erlang reads it only when no one but its owner may: 0400, owned by the app user.
+        files[cookie] = Wanted(request.cookie, 0o400, secret=True, owner="app")
+    if request.dist.get("tls"):
+        tls = os.path.join(request.config_dir, TLS_DIR)
+        files[os.path.join(tls, "ssl_dist.conf")] = Wanted(ssl_dist_conf(request.config_dir), 0o640)
+        files[os.path.join(tls, "cert.pem")] = Wanted(_pem(request.dist["cert"]), 0o640)
+        files[os.path.join(tls, "cacert.pem")] = Wanted(_pem(request.dist["cacert"]), 0o640)
+        # Read by the VM as the app user: its group may read it, nobody else.
+        files[os.path.join(tls, "key.pem")] = Wanted(_pem(request.dist["key"]), 0o640, secret=True)
+    return files
+
+
+def _pem(text: str) -> str:
+    return text if text.endswith("\n") else text + "\n"
 
 
 def _current(path: str) -> Tuple[Optional[str], Optional[os.stat_result]]:
@@ -187,29 +312,35 @@ def apply(request: Request, check_mode: bool = False) -> Tuple[bool, List[FileCh
     changed = _ensure_dir(request.config_dir, 0, gid, 0o750, check_mode)
     workdir = os.path.join(request.state_dir, request.slot)
     changed = _ensure_dir(workdir, uid, gid, 0o750, check_mode) or changed
+    if request.dist.get("tls"):
+        tls = os.path.join(request.config_dir, TLS_DIR)
+        changed = _ensure_dir(tls, 0, gid, 0o750, check_mode) or changed
     changes: List[FileChange] = []
-    for path, (content, mode, secret) in files.items():
-        owner_gid = 0 if secret else gid
+    for path, wanted in files.items():
+        owner = wanted.ids(uid, gid)
         before, info = _current(path)
         same = (
-            before == content
+            before == wanted.content
             and info is not None
-            and (info.st_uid, info.st_gid, info.st_mode & 0o7777) == (0, owner_gid, mode)
+            and (info.st_uid, info.st_gid, info.st_mode & 0o7777) == (*owner, wanted.mode)
         )
         if same:
             continue
-        changes.append(FileChange(path, secret, before or "", content))
+        changes.append(FileChange(path, wanted.secret, before or "", wanted.content))
         if not check_mode:
-            _write(path, content, mode, owner_gid)
+            _write(path, wanted.content, wanted.mode, *owner)
     return changed or bool(changes), changes
 
 
-def _write(path: str, content: str, mode: int, gid: int) -> None:
+def _write(path: str, content: str, mode: int, uid: int, gid: int) -> None:
     temp = f"{path}.beamops-tmp"
     # Created with the final mode: a secret is never readable by others, not even briefly.
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # (A temp file left by an earlier crash may have another mode: it goes first.)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temp)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        os.fchown(fd, 0, gid)
+        os.fchown(fd, uid, gid)
         os.fchmod(fd, mode)
         handle.write(content)
         handle.flush()

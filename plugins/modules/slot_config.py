@@ -14,8 +14,10 @@ author:
   - beamops.release maintainers (@beamops)
 description:
   - Writes C(<config_dir>/<slot>.env) (plain, root:group 0640), C(<slot>.secrets.env) (root
-    only, 0600, read by systemd), C(<slot>.vm.args) (0640) and the slot's working directory
-    C(<state_dir>/<slot>) (owned by the app user), each atomically and only when it differs.
+    only, 0600, read by systemd), C(<slot>.vm.args) and C(<slot>.remote.vm.args) (0640), the
+    slot's working directory C(<state_dir>/<slot>) (owned by the app user) with its
+    C(.erlang.cookie), and with O(dist.tls) the TLS files, each atomically and only when it
+    differs.
   - "Values are written so that systemd's C(EnvironmentFile=) reads them back exactly; a name
     that is not an identifier, or a value with a newline or NUL byte, is refused naming the
     variable. Names the collection sets per slot (O(reserved), C(RELEASE_COOKIE)) may not be
@@ -56,7 +58,10 @@ options:
     type: dict
     default: {}
   cookie:
-    description: The Erlang cookie, written as C(RELEASE_COOKIE) in the secrets file; never shown.
+    description:
+      - The Erlang cookie; never shown. Written to C(<state_dir>/<slot>/.erlang.cookie) (0400, the
+        app user's, the slot's C(HOME)), where the VM reads it itself; C(RELEASE_COOKIE) is set to
+        a flag without a value so that the start script's C(--cookie) puts no cookie in argv.
     type: str
   vm_args:
     description: Extra lines of the deploy-time vm.args, after the O(beam) flags.
@@ -84,6 +89,36 @@ options:
             sleeps. Spinning looks like load to the host and to C(CPUQuota=).
         type: str
         choices: [none, very_short, short, medium, long, very_long]
+  dist:
+    description:
+      - Erlang distribution, written in the deploy-time vm.args and in C(<slot>.remote.vm.args)
+        (RELEASE_REMOTE_VM_ARGS, for remote shells and rpc).
+    type: dict
+    default: {}
+    suboptions:
+      address:
+        description: The one IPv4 interface to listen on (C(inet_dist_use_interface)); empty, all.
+        type: str
+        default: ""
+      port:
+        description: The slot's own port (C(inet_dist_listen_min)/C(max)); remote shells take any.
+        type: int
+      tls:
+        description:
+          - TLS distribution. Writes C(<config_dir>/dist-tls/) - the certificate, the key (0640,
+            root and the app's group), the CA and C(ssl_dist.conf), which makes both ends verify
+            each other's certificate.
+        type: bool
+        default: false
+      cert:
+        description: The host's certificate (PEM), with O(dist.tls).
+        type: str
+      key:
+        description: Its private key (PEM), with O(dist.tls); never shown.
+        type: str
+      cacert:
+        description: The CA certificate (PEM) peers are verified against, with O(dist.tls).
+        type: str
   unit:
     description:
       - The slot's systemd unit. When given, RV(unit_active) says whether it runs, so a caller
@@ -156,6 +191,18 @@ ARGUMENT_SPEC: Dict[str, Dict[str, Any]] = {
             "process_limit": {"type": "int"},
             "port_limit": {"type": "int"},
             "busy_wait": {"type": "str", "choices": list(BUSY_WAIT)},
+        },
+    },
+    "dist": {
+        "type": "dict",
+        "default": {},
+        "options": {
+            "address": {"type": "str", "default": ""},
+            "port": {"type": "int"},
+            "tls": {"type": "bool", "default": False},
+            "cert": {"type": "str"},
+            "key": {"type": "str", "no_log": True},
+            "cacert": {"type": "str"},
         },
     },
     "unit": {"type": "str"},

@@ -17,6 +17,10 @@ description:
     C(systemctl daemon-reload) once if any changed, then makes each unit of O(running) enabled
     and active, restarting it when its own file changed.
   - One round trip instead of one task per file, reload and service.
+  - For a template unit (C(name@.service)), RV(outdated_instances) lists its active instances
+    that started before the file last changed, so a caller learns that a running slot still
+    runs an older unit even when this call changed nothing (a run that installed the unit and
+    then failed).
 options:
   units:
     description: Unit files to install.
@@ -71,12 +75,19 @@ started:
   returned: always
   type: list
   elements: str
+outdated_instances:
+  description: Active instances of template units that started before their file last changed.
+  returned: always
+  type: list
+  elements: str
+  sample: [sample_app@green.service]
 """
 
 # Ansible reads the documentation above before any import, hence E402.
 import os  # noqa: E402
 import re  # noqa: E402
 import subprocess  # noqa: E402
+import time  # noqa: E402
 from typing import Any, Dict, List  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
@@ -111,6 +122,28 @@ def systemctl(module: AnsibleModule, *args: str) -> subprocess.CompletedProcess[
     return done
 
 
+def outdated_instances(module: AnsibleModule, template: str, path: str) -> List[str]:
+    """Active instances of `template` that started before `path` last changed."""
+    if module.check_mode or not os.path.exists(path):
+        return []
+    pattern = template.replace("@.", "@*.", 1)
+    listed = systemctl(module, "list-units", "--plain", "--no-legend", "--state=active", pattern)
+    instances = [line.split()[0] for line in listed.stdout.splitlines() if line.strip()]
+    changed_at = os.stat(path).st_mtime
+    outdated = []
+    for name in instances:
+        shown = systemctl(
+            module, "show", "--value", "-p", "ExecMainStartTimestampMonotonic", name
+        ).stdout.strip()
+        # Microseconds on CLOCK_MONOTONIC, as time.monotonic(): precise where the wall-clock
+        # timestamp is whole seconds. 0 when the unit never ran a main process.
+        if shown.isdigit() and int(shown) > 0:
+            started_at = time.time() - (time.monotonic() - int(shown) / 1e6)
+            if started_at < changed_at:
+                outdated.append(name)
+    return outdated
+
+
 def main() -> None:
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     names = [unit["name"] for unit in module.params["units"]]
@@ -142,10 +175,16 @@ def main() -> None:
             if name in changed or not active:
                 systemctl(module, "restart" if active else "start", name)
                 started.append(name)
+    outdated: List[str] = []
+    for unit in module.params["units"]:
+        if "@." in unit["name"]:
+            path = os.path.join(module.params["directory"], unit["name"])
+            outdated += outdated_instances(module, unit["name"], path)
     result: Dict[str, Any] = {
         "changed": bool(changed or started),
         "changed_units": changed,
         "started": started,
+        "outdated_instances": outdated,
     }
     if module._diff:
         result["diff"] = diffs

@@ -117,6 +117,13 @@ class Fleet:
         assert runtime.split()[-1] == live[1], (runtime, live)
         return str(live[1].rsplit("_", 1)[1])
 
+    def exposure(self, name: str, unit: str) -> float:
+        """`systemd-analyze security` of a loaded unit on the host: its overall exposure."""
+        shown = self.hosts[name].check_output(f"systemd-analyze security --no-pager {unit}")
+        found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", shown)
+        assert found, shown
+        return float(found.group(1))
+
     def wait_stopped(self, unit: str, seconds: float = 30.0) -> None:
         """The old slot retires in the background (drain, then a systemd timer stops it)."""
         deadline = time.monotonic() + seconds

@@ -106,5 +106,7 @@ config :sample_app,
          fatal.("FAIL_KIND must be all, readiness or http_500, got #{inspect(other)}")
      end),
   cluster_nodes: cluster_nodes,
+  # Readiness waits until this many peers are connected ("joining" until then).
+  ready_min_nodes: integer_env.("READY_MIN_NODES", 0, 0, 10_000),
   shutdown_drain_ms: integer_env.("SHUTDOWN_DRAIN_MS", 0, 0, max_ms),
   idle_timeout_ms: integer_env.("HTTP_IDLE_TIMEOUT_MS", 15_000, 100, max_ms)

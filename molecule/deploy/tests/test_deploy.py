@@ -58,21 +58,13 @@ def test_release_files_are_roots_and_secrets_are_root_only(fleet: Fleet) -> None
         assert host.check_output("systemctl show -p User --value sample_app@blue") == "sample_app"
 
 
-def exposure(fleet: Fleet, name: str, unit: str) -> float:
-    """`systemd-analyze security` of a loaded unit on the host: its overall exposure."""
-    shown = fleet.hosts[name].check_output(f"systemd-analyze security --no-pager {unit}")
-    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", shown)
-    assert found, shown
-    return float(found.group(1))
-
-
 def test_the_units_are_sealed_and_the_release_still_runs_with_the_jit(fleet: Fleet) -> None:
     """The slot unit rates 1.2 or better and epmd 1.5 or better, with the release serving from
     the sealed slot; MemoryDenyWriteExecute does not cost the BEAM its JIT."""
     for name in HOSTS:
         live = fleet.proxy_config_slot(name)
-        assert exposure(fleet, name, f"sample_app@{live}.service") <= 1.2
-        assert exposure(fleet, name, "beamops-epmd.service") <= 1.5
+        assert fleet.exposure(name, f"sample_app@{live}.service") <= 1.2
+        assert fleet.exposure(name, "beamops-epmd.service") <= 1.5
         metrics = fleet.hosts[name].check_output("curl -s --max-time 3 http://127.0.0.1/metrics")
         assert re.search(r'sample_app_beam_info\{[^}]*emu_flavor="jit"', metrics), metrics
 

@@ -49,6 +49,11 @@ defmodule SampleApp.Application do
     Process.sleep(drain_ms)
     HTTP.Listener.stop_accepting()
     HTTP.Connection.close_idle_and_wait(@in_flight_timeout_ms)
+    # Last: leave the cluster so that peers see it go now, not when the VM exits, and
+    # cannot pull it back while it stops.
+    SampleApp.Cluster.leave()
+    Logger.info("sample_app left the cluster")
+    Logger.flush()
     state
   end
 end

@@ -10,7 +10,7 @@ defmodule SampleApp.Health do
 
   @key {__MODULE__, :state}
 
-  @type status :: :starting | :ready | :failing | :draining
+  @type status :: :starting | :joining | :ready | :failing | :draining
 
   @spec init(keyword()) :: :ok
   def init(config) do
@@ -22,6 +22,7 @@ defmodule SampleApp.Health do
       fail_health: Keyword.fetch!(config, :fail_health),
       fail_after_ms: Keyword.fetch!(config, :fail_after_ms),
       fail_kind: Keyword.get(config, :fail_kind, :all),
+      ready_min_nodes: Keyword.get(config, :ready_min_nodes, 0),
       draining: :atomics.new(1, [])
     })
   end
@@ -69,9 +70,17 @@ defmodule SampleApp.Health do
       state.fail_health -> :failing
       now_ms() < ready_at_ms(state) -> :starting
       broken?(:readiness) -> :failing
+      state.ready_min_nodes > 0 and elem(cluster(), 0) == :short -> :joining
       true -> :ready
     end
   end
+
+  @doc """
+  The cluster part of readiness (READY_MIN_NODES): whether enough peers are connected and
+  why the others are not. Always `:ok` when READY_MIN_NODES is 0.
+  """
+  @spec cluster() :: {:ok | :short, map()}
+  def cluster, do: SampleApp.Cluster.status(state().ready_min_nodes)
 
   defp ready_at_ms(state), do: state.booted_at_ms + state.ready_delay_ms
   defp state, do: :persistent_term.get(@key)

@@ -58,7 +58,8 @@ defmodule SampleApp.Router do
       version: Health.version(),
       slot: Health.slot(),
       node: Health.node_name(),
-      connected_nodes: Cluster.connected_nodes()
+      connected_nodes: Cluster.connected_nodes(),
+      cluster: elem(Health.cluster(), 1)
     }
 
     json(if(status == :ready, do: 200, else: 503), "/health/ready", body)

@@ -623,6 +623,16 @@ def test_process_gone_tells_a_running_process_from_an_exited_one() -> None:
     assert hp.process_gone(child.pid) == f"process {child.pid} exited"
 
 
+def test_process_gone_counts_a_zombie_as_exited() -> None:
+    child = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 5
+    while hp.process_gone(child.pid) is None:  # running, then a zombie nobody reaped yet
+        assert time.monotonic() < deadline, "the child never showed as exited"
+        time.sleep(0.01)
+    assert hp.process_gone(child.pid) == f"process {child.pid} exited"
+    child.wait()
+
+
 def test_the_command_line_prefixes_its_verdict_for_the_journal(
     closed_port: int, capsys: pytest.CaptureFixture[str]
 ) -> None:

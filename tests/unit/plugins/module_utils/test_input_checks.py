@@ -102,6 +102,12 @@ def test_good_inputs_pass() -> None:
         ({"beamops_release_cookie": "a" * 30}, "too weak"),
         ({"beamops_release_cookie": "has a space in it 0123456789"}, "printable ASCII"),
         ({"beamops_release_cookie": "demo-only-cookie-0123456789abcdef"}, "example secret"),
+        ({"beamops_env": {"CLUSTER_NODES": "a@b"}}, "beamops_env: CLUSTER_NODES changes"),
+        ({"beamops_dist_ports": {"blue": 9101}}, "beamops_dist_ports: got {'blue': 9101}"),
+        ({"beamops_dist_ports": {"blue": 4001, "green": 9102}}, "ports must be distinct"),
+        ({"beamops_dist_ports": {"blue": 4369, "green": 9102}}, "epmd's port; expected another"),
+        ({"beamops_dist_address": "bo1.example"}, "beamops_dist_address: got 'bo1.example'"),
+        ({"beamops_ip_allow": ["10.0.0.0/8", "db.example"]}, "beamops_ip_allow: 'db.example'"),
     ],
 )
 def test_each_hostile_input_is_refused_naming_the_variable(
@@ -135,6 +141,41 @@ def test_no_cookie_is_needed_without_distribution() -> None:
         ic.problems({**GOOD, "beamops_release_distribution": "none", "beamops_release_cookie": ""})
         == []
     )
+
+
+CLUSTER: Dict[str, Any] = {
+    **GOOD,
+    "beamops_release_distribution": "name",
+    "beamops_dist_address": "10.0.0.7",
+    "beamops_cluster_group": "shop_nodes",
+    "__inventory_groups": ["all", "shop_nodes"],
+    "beamops_dist_tls": True,
+    "beamops_dist_tls_cert": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    "beamops_dist_tls_key": "-----BEGIN PRIVATE KEY-----\nsecret-key-body\n-----END ...\n",
+    "beamops_dist_tls_cacert": "-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n",
+}
+
+
+def test_a_tls_cluster_across_hosts_passes_pem_text_and_all() -> None:
+    assert ic.problems(CLUSTER) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"beamops_cluster_group": "nodes"}, "beamops_cluster_group: 'nodes' is not a group"),
+        ({"beamops_release_distribution": "sname"}, "needs beamops_release_distribution name"),
+        ({"beamops_dist_address": "127.0.0.1"}, "a loopback address; expected one that the other"),
+        ({"beamops_dist_tls_cacert": ""}, "beamops_dist_tls_cacert: got ''; expected PEM text"),
+        ({"beamops_dist_tls_key": "not a key"}, "beamops_dist_tls_key: got (secret); expected PEM"),
+    ],
+)
+def test_a_cluster_that_cannot_form_is_refused_before_any_host(
+    change: Dict[str, Any], expected: str
+) -> None:
+    found = ic.problems({**CLUSTER, **change})
+    assert any(expected in problem for problem in found), found
+    assert not any("secret-key-body" in problem or "not a key" in problem for problem in found)
 
 
 def test_secret_values_never_appear_in_a_problem() -> None:

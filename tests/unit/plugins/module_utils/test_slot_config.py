@@ -43,17 +43,23 @@ def test_files_directories_owners_and_modes(tmp_path: Path) -> None:
     changed, changes = sc.apply(request(tmp_path))
     gid, uid = grp.getgrnam(GROUP).gr_gid, pwd.getpwnam(USER).pw_uid
     etc = tmp_path / "etc"
-    assert changed and len(changes) == 3
+    assert changed and len(changes) == 5
     assert owner_mode(etc) == (0, gid, 0o750)
     assert owner_mode(etc / "blue.env") == (0, gid, 0o640)
     assert owner_mode(etc / "blue.secrets.env") == (0, 0, 0o600)
     assert owner_mode(etc / "blue.vm.args") == (0, gid, 0o640)
+    assert owner_mode(etc / "blue.remote.vm.args") == (0, gid, 0o640)
     assert owner_mode(tmp_path / "var" / "blue") == (uid, gid, 0o750)
+    # The VM reads its cookie itself, from HOME, as Erlang does; never from argv or environ.
+    cookie = tmp_path / "var" / "blue" / ".erlang.cookie"
+    assert owner_mode(cookie) == (uid, gid, 0o400)
+    assert cookie.read_text() == "cookie-0123456789abcdefghij"
     plain = (etc / "blue.env").read_text()
-    assert 'GREETING="say \\"hi\\" \\$HOME"\nPORT="4001"\nSLOT="blue"\n' in plain
-    assert "s3cret" not in plain
+    assert 'GREETING="say \\"hi\\" \\$HOME"\nPORT="4001"\n' in plain
+    assert f'RELEASE_COOKIE="{sc.COOKIE_FROM_HOME}"\nSLOT="blue"\n' in plain
+    assert "s3cret" not in plain and "cookie-0123" not in plain
     secrets = (etc / "blue.secrets.env").read_text()
-    assert 'RELEASE_COOKIE="cookie-0123456789abcdefghij"' in secrets
+    assert "cookie-0123" not in secrets
     assert 'SECRET_KEY_BASE="s3cret-value"' in secrets
     assert (etc / "blue.vm.args").read_text().endswith("-start_epmd false\n+S 2:2\n")
 
@@ -108,7 +114,7 @@ def test_bad_settings_are_refused_before_anything_is_written(
 def test_check_mode_on_a_fresh_host_without_the_account_reports_changes(tmp_path: Path) -> None:
     fresh = request(tmp_path, app_user="no-such-user-yet", app_group="no-such-group-yet")
     changed, changes = sc.apply(fresh, check_mode=True)
-    assert changed and len(changes) == 3
+    assert changed and len(changes) == 5
     assert not (tmp_path / "etc").exists()
 
 
@@ -124,3 +130,54 @@ def test_the_vm_s_limits_come_first_in_vm_args_then_the_user_s_lines(tmp_path: P
         )
     )
     assert sc.beam_flags({"schedulers": "", "process_limit": None}) == []
+
+
+DIST = {"address": "10.0.0.7", "port": 9101}
+
+
+def test_distribution_is_bound_to_one_interface_and_the_slot_s_own_port(tmp_path: Path) -> None:
+    sc.apply(request(tmp_path, dist=DIST, vm_args=[]))
+    etc = tmp_path / "etc"
+    bound = "-kernel inet_dist_use_interface {10,0,0,7}\n"
+    assert (
+        (etc / "blue.vm.args")
+        .read_text()
+        .endswith(
+            f"-start_epmd false\n{bound}"
+            "-kernel inet_dist_listen_min 9101\n-kernel inet_dist_listen_max 9101\n"
+        )
+    )
+    # A remote shell beside the slot takes any free port, on the same interface.
+    assert (etc / "blue.remote.vm.args").read_text().endswith(f"-start_epmd false\n{bound}")
+    assert not (etc / "dist-tls").exists()
+
+
+@pytest.mark.parametrize("address", ["10.0.0", "::1", "10.0.0.256", "host.example"])
+def test_a_distribution_address_that_is_not_ipv4_is_refused(tmp_path: Path, address: str) -> None:
+    with pytest.raises(sc.ConfigError, match=f"beamops_dist_address: got '{address}'"):
+        sc.apply(request(tmp_path, dist={"address": address}))
+
+
+TLS = {**DIST, "tls": True, "cert": "CERT PEM", "key": "KEY PEM", "cacert": "CA PEM"}
+
+
+def test_tls_distribution_writes_its_options_and_keeps_the_key_from_others(tmp_path: Path) -> None:
+    _, changes = sc.apply(request(tmp_path, dist=TLS, vm_args=[]))
+    gid = grp.getgrnam(GROUP).gr_gid
+    tls = tmp_path / "etc" / "dist-tls"
+    assert owner_mode(tls) == (0, gid, 0o750)
+    assert owner_mode(tls / "key.pem") == (0, gid, 0o640)
+    assert (tls / "key.pem").read_text() == "KEY PEM\n"
+    optfile = f"-ssl_dist_optfile {tls}/ssl_dist.conf\n"
+    for name in ("blue.vm.args", "blue.remote.vm.args"):
+        assert (tmp_path / "etc" / name).read_text().endswith(f"-proto_dist inet_tls\n{optfile}")
+    conf = (tls / "ssl_dist.conf").read_text()
+    assert conf.count(f'{{keyfile, "{tls}/key.pem"}}') == 2
+    assert conf.count("{verify, verify_peer}") == 2 and "{fail_if_no_peer_cert, true}" in conf
+    assert "KEY PEM" not in repr(module.diff_of(changes))
+
+
+def test_tls_distribution_without_a_certificate_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(sc.ConfigError, match="beamops_dist_tls_key is empty"):
+        sc.apply(request(tmp_path, dist={**TLS, "key": ""}))
+    assert not (tmp_path / "etc").exists()

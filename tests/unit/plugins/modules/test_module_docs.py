@@ -24,7 +24,7 @@ MODULES = {
         release_unpack,
         {"installed", "transferred", "msg", "epmd", "account_created"},
     ),
-    "systemd_units": (systemd_units, {"changed_units", "started"}),
+    "systemd_units": (systemd_units, {"changed_units", "started", "outdated_instances"}),
     "proxy_setup": (proxy_setup, {"written", "actions"}),
 }
 
