@@ -10,6 +10,9 @@
     <state_dir>/<slot>/               <user>:<group> 0750 the slot's working directory (HOME)
     <state_dir>/<slot>/.erlang.cookie <user>:<group> 0400 the cookie, read by the VM itself
     <config_dir>/dist-tls/            root:<group> 0750 TLS distribution: ssl_dist.conf, PEMs
+    <config_dir>/<slot>.credentials/  root:root    0700 with secrets_delivery "credentials": one
+                                                        0600 file per secret, loaded by the unit's
+                                                        LoadCredential= (no secret in environ)
 
 The cookie never reaches argv: Elixir's start script always passes `--cookie
 "$RELEASE_COOKIE"` to erl, so RELEASE_COOKIE is set to COOKIE_FROM_HOME, a flag with no
@@ -69,6 +72,11 @@ def beam_flags(beam: Dict[str, Any]) -> List[str]:
 # VM reads $HOME/.erlang.cookie (see the module's docstring). Its name says where to look.
 COOKIE_FROM_HOME = "-beamops_cookie_in_home_erlang_cookie"
 TLS_DIR = "dist-tls"
+DELIVERIES = ("environment", "credentials")
+
+
+def credentials_dir(request: Request) -> str:
+    return os.path.join(request.config_dir, f"{request.slot}.credentials")
 
 
 def dist_flags(dist: Dict[str, Any], config_dir: str, remote: bool = False) -> List[str]:
@@ -137,6 +145,8 @@ class Request:
     beam: Dict[str, Any] = dataclasses.field(default_factory=dict)  # see beam_flags
     # address, port, tls (bool) and, with tls, cert/key/cacert (PEM text): see dist_flags
     dist: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    # "environment" (the secrets file systemd reads into the environment) or "credentials"
+    secrets_delivery: str = "environment"
 
 
 @dataclasses.dataclass
@@ -200,6 +210,11 @@ def check(request: Request) -> None:
     for line in request.vm_args:
         if not isinstance(line, str) or any(c in line for c in "\n\r\0"):
             raise ConfigError(f"beamops_vm_args: {line!r} must be one line of text")
+    if request.secrets_delivery not in DELIVERIES:
+        raise ConfigError(
+            f"beamops_secrets_delivery: got {request.secrets_delivery!r}; expected one of "
+            f"{', '.join(DELIVERIES)}"
+        )
     if request.dist.get("tls"):
         missing = [
             f"beamops_dist_tls_{key}"
@@ -228,11 +243,15 @@ def render(request: Request) -> Dict[str, Wanted]:
     if request.cookie:
         plain["RELEASE_COOKIE"] = COOKIE_FROM_HOME
     head = "# Managed by beamops.release (slot_config)"
+    as_credentials = request.secrets_delivery == "credentials"
     try:
         env_text = environment_file.render(plain, "beamops_env")
+        # Rendered either way: it checks every name and value.
         secret_text = environment_file.render(dict(request.secret_env), "beamops_secret_env")
     except environment_file.BadEnvironment as exc:
         raise ConfigError(str(exc)) from exc
+    if as_credentials:
+        secret_text = f"# None here: they are credentials in {request.slot}.credentials/.\n"
     dist = dist_flags(request.dist, request.config_dir)
     files = {
         f"{base}.env": Wanted(
@@ -260,6 +279,10 @@ def render(request: Request) -> Dict[str, Wanted]:
             0o640,
         ),
     }
+    if as_credentials:
+        for name, value in request.secret_env.items():
+            path = os.path.join(credentials_dir(request), name)
+            files[path] = Wanted(_credential(value), 0o600, secret=True, owner="root")
     if request.cookie:
         cookie = os.path.join(request.state_dir, request.slot, ".erlang.cookie")
         # Erlang reads it only when no one but its owner may: 0400, owned by the app user.
@@ -272,6 +295,13 @@ def render(request: Request) -> Dict[str, Wanted]:
         # Read by the VM as the app user: its group may read it, nobody else.
         files[os.path.join(tls, "key.pem")] = Wanted(_pem(request.dist["key"]), 0o640, secret=True)
     return files
+
+
+def _credential(value: object) -> str:
+    """A credential file holds the value as it is: no quoting, no newline added."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _pem(text: str) -> str:
@@ -315,6 +345,8 @@ def apply(request: Request, check_mode: bool = False) -> Tuple[bool, List[FileCh
     if request.dist.get("tls"):
         tls = os.path.join(request.config_dir, TLS_DIR)
         changed = _ensure_dir(tls, 0, gid, 0o750, check_mode) or changed
+    if request.secrets_delivery == "credentials":
+        changed = _ensure_dir(credentials_dir(request), 0, 0, 0o700, check_mode) or changed
     changes: List[FileChange] = []
     for path, wanted in files.items():
         owner = wanted.ids(uid, gid)
@@ -329,7 +361,27 @@ def apply(request: Request, check_mode: bool = False) -> Tuple[bool, List[FileCh
         changes.append(FileChange(path, wanted.secret, before or "", wanted.content))
         if not check_mode:
             _write(path, wanted.content, wanted.mode, *owner)
+    changes += _remove_stale_credentials(request, files, check_mode)
     return changed or bool(changes), changes
+
+
+def _remove_stale_credentials(
+    request: Request, files: Dict[str, Wanted], check_mode: bool
+) -> List[FileChange]:
+    """A secret no longer set, or no longer delivered as a credential, leaves no file behind."""
+    folder = credentials_dir(request)
+    try:
+        present = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return []
+    stale = [os.path.join(folder, name) for name in present]
+    stale = [path for path in stale if path not in files]
+    if not check_mode:
+        for path in stale:
+            os.unlink(path)
+        if request.secrets_delivery != "credentials":
+            os.rmdir(folder)
+    return [FileChange(path, True, "", "") for path in stale]
 
 
 def _write(path: str, content: str, mode: int, uid: int, gid: int) -> None:

@@ -119,6 +119,15 @@ options:
       cacert:
         description: The CA certificate (PEM) peers are verified against, with O(dist.tls).
         type: str
+  secrets_delivery:
+    description:
+      - How O(secret_env) reaches the release. C(environment) - the secrets file, which systemd
+        reads into the VM's environment. C(credentials) - one 0600 file per secret in
+        C(<config_dir>/<slot>.credentials/), which the unit loads with C(LoadCredential=): the
+        release reads C($CREDENTIALS_DIRECTORY/<NAME>) and its environment holds no secret.
+    type: str
+    choices: [environment, credentials]
+    default: environment
   unit:
     description:
       - The slot's systemd unit. When given, RV(unit_active) says whether it runs, so a caller
@@ -204,6 +213,11 @@ ARGUMENT_SPEC: Dict[str, Dict[str, Any]] = {
             "key": {"type": "str", "no_log": True},
             "cacert": {"type": "str"},
         },
+    },
+    "secrets_delivery": {
+        "type": "str",
+        "choices": ["environment", "credentials"],
+        "default": "environment",
     },
     "unit": {"type": "str"},
 }

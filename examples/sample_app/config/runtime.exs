@@ -45,8 +45,19 @@ end
 
 max_ms = 24 * 60 * 60 * 1000
 
+# A secret comes as a systemd credential (a file in $CREDENTIALS_DIRECTORY, named like the
+# variable: beamops_secrets_delivery credentials) or, failing that, as an environment variable.
+secret_env = fn name ->
+  with dir when is_binary(dir) <- System.get_env("CREDENTIALS_DIRECTORY"),
+       {:ok, value} <- File.read(Path.join(dir, name)) do
+    value
+  else
+    _ -> System.get_env(name)
+  end
+end
+
 secret_key_base =
-  case System.get_env("SECRET_KEY_BASE") do
+  case secret_env.("SECRET_KEY_BASE") do
     value when value in [nil, ""] ->
       fatal.("SECRET_KEY_BASE is missing or empty; expected a non-empty secret string")
 

@@ -16,9 +16,13 @@ from typing import Callable, Dict, List, Set
 from tests.tools.fleet import COOKIE, HOSTS, SECRET_KEY_BASE, Fleet, address
 
 APP = "sample_app"
-NODE_COMMAND = f"beamops-{APP}"
+NODE_COMMAND = f"{APP}-node"
 DIST_PORTS = {"blue": 9101, "green": 9102}
 SLOT_PORTS = {"blue": 4001, "green": 4002}
+# eval boots a new VM with the slot's configuration: config/runtime.exs reads the secret from
+# $CREDENTIALS_DIRECTORY (beamops_secrets_delivery credentials), as the slot does.
+SECRET_LENGTH = "byte_size(Application.fetch_env!(:sample_app, :secret_key_base))"
+EVAL_SECRET_LENGTH = f"{NODE_COMMAND} eval 'IO.puts({SECRET_LENGTH})'"
 REFUSED = "running, but the connection failed: a different cookie or TLS settings"
 
 
@@ -78,7 +82,7 @@ def test_the_ip_allow_list_seals_the_slot_unit_to_1_0(fleet: Fleet) -> None:
         allowed = fleet.hosts[name].check_output(f"systemctl show -p IPAddressAllow --value {unit}")
         assert sorted(allowed.split()) == sorted([*addresses, "127.0.0.0/8", "::1/128"])
         deny = fleet.hosts[name].check_output(f"systemctl show -p IPAddressDeny --value {unit}")
-        assert deny == "0.0.0.0/0 ::/0"
+        assert sorted(deny.split()) == ["0.0.0.0/0", "::/0"]
         assert fleet.exposure(name, unit) <= 1.0
         assert fleet.exposure(name, "beamops-epmd.service") <= 1.5
 
@@ -234,9 +238,7 @@ def test_the_node_command_reaches_the_live_node(fleet: Fleet) -> None:
         )
         assert f"on {live}" in shell and f"iex({live})1>" in shell
         # eval: a new VM with the slot's configuration and secrets, as a migration needs.
-        length = host.check_output(
-            f"{NODE_COMMAND} eval 'IO.puts(byte_size(System.fetch_env!(\"SECRET_KEY_BASE\")))'"
-        )
+        length = host.check_output(EVAL_SECRET_LENGTH)
         assert length == str(len(SECRET_KEY_BASE))
     idle = idle_slot(fleet, "bo1")
     stopped = fleet.hosts["bo1"].run(f"{NODE_COMMAND} --slot {idle} rpc 'IO.puts(1)'")
@@ -273,6 +275,14 @@ def test_no_cookie_or_secret_is_in_sight_of_another_user(fleet: Fleet) -> None:
         argv = host.check_output("cat /proc/[0-9]*/cmdline | tr '\\0' ' '")
         assert "-setcookie -beamops_cookie_in_home_erlang_cookie" in argv
         assert COOKIE not in argv
+        # With beamops_secrets_delivery credentials, the VM's own environment holds no secret:
+        # it has the path to its credentials instead (as root, who may read any environ).
+        unit = f"{APP}@{live_slot(fleet, name)}"
+        environ = host.check_output(
+            f"tr '\\0' '\\n' < /proc/$(systemctl show -p MainPID --value {unit})/environ"
+        )
+        assert f"CREDENTIALS_DIRECTORY=/run/credentials/{unit}.service" in environ
+        assert "SECRET_KEY_BASE" not in environ and SECRET_KEY_BASE not in environ
 
 
 def test_a_slot_over_its_memory_limit_is_killed_and_restarted(fleet: Fleet) -> None:
@@ -303,3 +313,38 @@ def test_a_slot_over_its_memory_limit_is_killed_and_restarted(fleet: Fleet) -> N
         assert f"{slot}: active, restarted 1 time" in status.output, status.tail()
     finally:
         host.check_output(f"systemctl stop {unit}; systemctl revert {unit}")
+
+
+NEW_COOKIE = "rotated-cookie-R4nd0m-7Hq2kd9XpLw4Zr8Vn3"
+NEW_SECRET_KEY_BASE = "rotated-secret-key-base-sk-9Vn3Bt6Yc7Hq2kd9XpLw4Zr8-0123456789"
+
+
+def test_rotating_the_cookie_and_secret_key_base_is_a_blue_green_run(fleet: Fleet) -> None:
+    """README's rotation run: the serving version again, new secrets, every host in one batch."""
+    rotated = json.dumps(
+        {
+            "beamops_release_cookie": NEW_COOKIE,
+            "beamops_secret_env": {"SECRET_KEY_BASE": NEW_SECRET_KEY_BASE},
+            "beamops_serial": "100%",
+        }
+    )
+    before = {name: live_slot(fleet, name) for name in HOSTS}
+    with fleet.under_load() as load:
+        run = fleet.deploy("0.2.0", "-e", rotated)
+    assert run.rc == 0, run.tail()
+    assert load.failed() == 0 and load.requests() > 500, load.results
+    for secret in (NEW_COOKIE, NEW_SECRET_KEY_BASE, COOKIE, SECRET_KEY_BASE):
+        assert secret not in run.output
+    live = {node(name, live_slot(fleet, name)) for name in HOSTS}
+    for name in HOSTS:
+        host = fleet.hosts[name]
+        slot = live_slot(fleet, name)
+        assert slot != before[name]  # a new slot took over: blue-green, not a restart
+        assert host.file(f"/var/lib/{APP}/{slot}/.erlang.cookie").content_string == NEW_COOKIE
+        assert rpc(fleet, name, "IO.puts(:erlang.get_cookie())") == NEW_COOKIE
+        secret_length = host.check_output(EVAL_SECRET_LENGTH)
+        assert secret_length == str(len(NEW_SECRET_KEY_BASE))
+    for name in HOSTS:
+        fleet.wait_stopped(f"{APP}@{before[name]}")
+        seen = sees_the_others(fleet, name, live_slot(fleet, name), live)
+        wait_for(f"{name} to see the two other live nodes on the new cookie", seen)

@@ -181,3 +181,26 @@ def test_tls_distribution_without_a_certificate_is_refused(tmp_path: Path) -> No
     with pytest.raises(sc.ConfigError, match="beamops_dist_tls_key is empty"):
         sc.apply(request(tmp_path, dist={**TLS, "key": ""}))
     assert not (tmp_path / "etc").exists()
+
+
+def test_secrets_as_credentials_are_files_and_not_environment(tmp_path: Path) -> None:
+    secret_env = {"SECRET_KEY_BASE": "s3cret-value", "FEATURE_TOKEN": True}
+    _, changes = sc.apply(request(tmp_path, secret_env=secret_env, secrets_delivery="credentials"))
+    folder = tmp_path / "etc" / "blue.credentials"
+    assert owner_mode(folder) == (0, 0, 0o700)
+    assert owner_mode(folder / "SECRET_KEY_BASE") == (0, 0, 0o600)
+    assert (folder / "SECRET_KEY_BASE").read_text() == "s3cret-value"  # as it is: no newline
+    assert (folder / "FEATURE_TOKEN").read_text() == "true"
+    assert "s3cret" not in (tmp_path / "etc" / "blue.secrets.env").read_text()
+    assert "s3cret" not in repr(module.diff_of(changes))
+    # A secret dropped, then the delivery switched back: no credential file is left behind.
+    sc.apply(request(tmp_path, secret_env={"FEATURE_TOKEN": 1}, secrets_delivery="credentials"))
+    assert sorted(p.name for p in folder.iterdir()) == ["FEATURE_TOKEN"]
+    changed, changes = sc.apply(request(tmp_path))
+    assert changed and not folder.exists()
+    assert 'SECRET_KEY_BASE="s3cret-value"' in (tmp_path / "etc" / "blue.secrets.env").read_text()
+
+
+def test_an_unknown_secrets_delivery_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(sc.ConfigError, match="beamops_secrets_delivery: got 'vault'"):
+        sc.apply(request(tmp_path, secrets_delivery="vault"))
