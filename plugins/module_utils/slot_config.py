@@ -12,7 +12,9 @@
     <config_dir>/dist-tls/            root:<group> 0750 TLS distribution: ssl_dist.conf, PEMs
     <config_dir>/<slot>.credentials/  root:root    0700 with secrets_delivery "credentials": one
                                                         0600 file per secret, loaded by the unit's
-                                                        LoadCredential= (no secret in environ)
+                                                        LoadCredential= (no secret in environ);
+                                                        "encrypted_credentials": the same sealed by
+                                                        systemd-creds (LoadCredentialEncrypted=)
 
 The cookie never reaches argv: Elixir's start script always passes `--cookie
 "$RELEASE_COOKIE"` to erl, so RELEASE_COOKIE is set to COOKIE_FROM_HOME, a flag with no
@@ -33,6 +35,7 @@ import dataclasses
 import grp
 import os
 import pwd
+import subprocess
 from typing import Any, Dict, List, Optional, Tuple
 
 from ansible_collections.beamops.release.plugins.module_utils import environment_file
@@ -72,7 +75,8 @@ def beam_flags(beam: Dict[str, Any]) -> List[str]:
 # VM reads $HOME/.erlang.cookie (see the module's docstring). Its name says where to look.
 COOKIE_FROM_HOME = "-beamops_cookie_in_home_erlang_cookie"
 TLS_DIR = "dist-tls"
-DELIVERIES = ("environment", "credentials")
+DELIVERIES = ("environment", "credentials", "encrypted_credentials")
+AS_CREDENTIALS = ("credentials", "encrypted_credentials")
 
 
 def credentials_dir(request: Request) -> str:
@@ -165,6 +169,9 @@ class Wanted:
     # root:<group> (the VM reads it through its group), root:root (systemd reads it) or
     # <user>:<group> (the VM reads it as itself)
     owner: str = "group"
+    # A credential encrypted by systemd-creds under this name (LoadCredentialEncrypted=): the
+    # file holds ciphertext, compared by decrypting it.
+    sealed_as: str = ""
 
     def ids(self, uid: int, gid: int) -> Tuple[int, int]:
         return {"group": (0, gid), "root": (0, 0), "app": (uid, gid)}[self.owner]
@@ -243,7 +250,8 @@ def render(request: Request) -> Dict[str, Wanted]:
     if request.cookie:
         plain["RELEASE_COOKIE"] = COOKIE_FROM_HOME
     head = "# Managed by beamops.release (slot_config)"
-    as_credentials = request.secrets_delivery == "credentials"
+    as_credentials = request.secrets_delivery in AS_CREDENTIALS
+    encrypted = request.secrets_delivery == "encrypted_credentials"
     try:
         env_text = environment_file.render(plain, "beamops_env")
         # Rendered either way: it checks every name and value.
@@ -282,7 +290,13 @@ def render(request: Request) -> Dict[str, Wanted]:
     if as_credentials:
         for name, value in request.secret_env.items():
             path = os.path.join(credentials_dir(request), name)
-            files[path] = Wanted(_credential(value), 0o600, secret=True, owner="root")
+            files[path] = Wanted(
+                _credential(value),
+                0o600,
+                secret=True,
+                owner="root",
+                sealed_as=name if encrypted else "",
+            )
     if request.cookie:
         cookie = os.path.join(request.state_dir, request.slot, ".erlang.cookie")
         # Erlang reads it only when no one but its owner may: 0400, owned by the app user.
@@ -345,12 +359,12 @@ def apply(request: Request, check_mode: bool = False) -> Tuple[bool, List[FileCh
     if request.dist.get("tls"):
         tls = os.path.join(request.config_dir, TLS_DIR)
         changed = _ensure_dir(tls, 0, gid, 0o750, check_mode) or changed
-    if request.secrets_delivery == "credentials":
+    if request.secrets_delivery in AS_CREDENTIALS:
         changed = _ensure_dir(credentials_dir(request), 0, 0, 0o700, check_mode) or changed
     changes: List[FileChange] = []
     for path, wanted in files.items():
         owner = wanted.ids(uid, gid)
-        before, info = _current(path)
+        before, info = _current(path) if not wanted.sealed_as else _unsealed(path, wanted.sealed_as)
         same = (
             before == wanted.content
             and info is not None
@@ -360,9 +374,49 @@ def apply(request: Request, check_mode: bool = False) -> Tuple[bool, List[FileCh
             continue
         changes.append(FileChange(path, wanted.secret, before or "", wanted.content))
         if not check_mode:
-            _write(path, wanted.content, wanted.mode, *owner)
+            content = (
+                _sealed(wanted.content, wanted.sealed_as) if wanted.sealed_as else wanted.content
+            )
+            _write(path, content, wanted.mode, *owner)
     changes += _remove_stale_credentials(request, files, check_mode)
     return changed or bool(changes), changes
+
+
+SYSTEMD_CREDS = "systemd-creds"
+
+
+def _sealed(plain: str, name: str) -> str:
+    """systemd-creds' ciphertext of `plain` for credential `name` (the value goes by stdin)."""
+    done = subprocess.run(
+        [SYSTEMD_CREDS, "encrypt", f"--name={name}", "-", "-"],
+        input=plain,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise ConfigError(
+            f"systemd-creds could not encrypt credential {name} (beamops_secrets_delivery "
+            f"encrypted_credentials): {done.stderr.strip()}"
+        )
+    return done.stdout
+
+
+def _unsealed(path: str, name: str) -> Tuple[Optional[str], Optional[os.stat_result]]:
+    """What an encrypted credential holds; None when missing, or not one for this name."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None, None
+    done = subprocess.run(
+        [SYSTEMD_CREDS, "decrypt", f"--name={name}", path, "-"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return (done.stdout if done.returncode == 0 else None), info
 
 
 def _remove_stale_credentials(
@@ -379,7 +433,7 @@ def _remove_stale_credentials(
     if not check_mode:
         for path in stale:
             os.unlink(path)
-        if request.secrets_delivery != "credentials":
+        if request.secrets_delivery not in AS_CREDENTIALS:
             os.rmdir(folder)
     return [FileChange(path, True, "", "") for path in stale]
 

@@ -121,12 +121,15 @@ options:
         type: str
   secrets_delivery:
     description:
-      - How O(secret_env) reaches the release. C(environment) - the secrets file, which systemd
-        reads into the VM's environment. C(credentials) - one 0600 file per secret in
-        C(<config_dir>/<slot>.credentials/), which the unit loads with C(LoadCredential=): the
-        release reads C($CREDENTIALS_DIRECTORY/<NAME>) and its environment holds no secret.
+      - How O(secret_env) reaches the release.
+      - C(environment) - the secrets file, which systemd reads into the VM's environment.
+      - "C(credentials) - one 0600 file per secret in C(<config_dir>/<slot>.credentials/), which
+        the unit loads with C(LoadCredential=); the release reads C($CREDENTIALS_DIRECTORY/<NAME>)
+        and its environment holds no secret."
+      - C(encrypted_credentials) - the same files sealed by C(systemd-creds encrypt) with the
+        host's key (C(LoadCredentialEncrypted=)); a value is compared by decrypting the file.
     type: str
-    choices: [environment, credentials]
+    choices: [environment, credentials, encrypted_credentials]
     default: environment
   unit:
     description:
@@ -216,7 +219,7 @@ ARGUMENT_SPEC: Dict[str, Dict[str, Any]] = {
     },
     "secrets_delivery": {
         "type": "str",
-        "choices": ["environment", "credentials"],
+        "choices": ["environment", "credentials", "encrypted_credentials"],
         "default": "environment",
     },
     "unit": {"type": "str"},

@@ -320,11 +320,13 @@ NEW_SECRET_KEY_BASE = "rotated-secret-key-base-sk-9Vn3Bt6Yc7Hq2kd9XpLw4Zr8-01234
 
 
 def test_rotating_the_cookie_and_secret_key_base_is_a_blue_green_run(fleet: Fleet) -> None:
-    """README's rotation run: the serving version again, new secrets, every host in one batch."""
+    """README's rotation run: the serving version again, new secrets, every host in one batch.
+    The same run seals the secrets on disk (encrypted_credentials, real systemd-creds)."""
     rotated = json.dumps(
         {
             "beamops_release_cookie": NEW_COOKIE,
             "beamops_secret_env": {"SECRET_KEY_BASE": NEW_SECRET_KEY_BASE},
+            "beamops_secrets_delivery": "encrypted_credentials",
             "beamops_serial": "100%",
         }
     )
@@ -342,6 +344,13 @@ def test_rotating_the_cookie_and_secret_key_base_is_a_blue_green_run(fleet: Flee
         assert slot != before[name]  # a new slot took over: blue-green, not a restart
         assert host.file(f"/var/lib/{APP}/{slot}/.erlang.cookie").content_string == NEW_COOKIE
         assert rpc(fleet, name, "IO.puts(:erlang.get_cookie())") == NEW_COOKIE
+        sealed = host.file(f"/etc/{APP}/{slot}.credentials/SECRET_KEY_BASE")
+        assert (sealed.user, sealed.mode) == ("root", 0o600)
+        assert NEW_SECRET_KEY_BASE not in sealed.content_string
+        unit = f"{APP}@{slot}.service"
+        # systemctl show prints this property as [unprintable]: read the unit systemd loaded.
+        loaded = host.check_output(f"systemctl cat {unit}")
+        assert f"LoadCredentialEncrypted=SECRET_KEY_BASE:/etc/{APP}/%i.credentials/" in loaded
         secret_length = host.check_output(EVAL_SECRET_LENGTH)
         assert secret_length == str(len(NEW_SECRET_KEY_BASE))
     for name in HOSTS:

@@ -143,7 +143,11 @@ def test_a_config_change_goes_blue_green_and_a_bad_one_leaves_the_live_slot_alon
 
 
 LIMITS = {
+    "beamops_memory_max": "512M",
     "beamops_memory_high": "400M",
+    "beamops_tasks_max": 2048,
+    # The test containers cap LimitNOFILE at 20000 (../shared notes): ask for less.
+    "beamops_limit_nofile": 16384,
     "beamops_cpu_quota": "150%",
     "beamops_cpu_weight": 50,
     "beamops_beam_schedulers": "1:1",
@@ -168,10 +172,16 @@ def test_resource_limits_hold_in_systemd_and_in_the_vm(fleet: Fleet) -> None:
     for name, host in fleet.hosts.items():
         unit = f"sample_app@{fleet.proxy_config_slot(name)}.service"
         shown = host.check_output(
-            f"systemctl show -p MemoryHigh,CPUQuotaPerSecUSec,CPUWeight {unit}"
+            "systemctl show -p MemoryMax,MemoryHigh,CPUQuotaPerSecUSec,CPUWeight,TasksMax,"
+            f"LimitNOFILE {unit}"
         )
         assert set(shown.split()) == {
-            "MemoryHigh=419430400", "CPUQuotaPerSecUSec=1.500000s", "CPUWeight=50"}  # fmt: skip
+            "MemoryMax=536870912", "MemoryHigh=419430400", "CPUQuotaPerSecUSec=1.500000s",
+            "CPUWeight=50", "TasksMax=2048", "LimitNOFILE=16384"}  # fmt: skip
+        # The running VM, not just the unit: the kernel's file limit of its process.
+        pid = host.check_output(f"systemctl show -p MainPID --value {unit}")
+        limits = host.check_output(f"cat /proc/{pid}/limits")
+        assert re.search(r"Max open files\s+16384\s+16384\s", limits), limits
         metrics = host.check_output("curl -s --max-time 3 http://127.0.0.1/metrics")
         assert beam_limit(metrics, "process_limit") == 1048576
         assert beam_limit(metrics, "port_limit") == 32768

@@ -204,3 +204,29 @@ def test_secrets_as_credentials_are_files_and_not_environment(tmp_path: Path) ->
 def test_an_unknown_secrets_delivery_is_refused(tmp_path: Path) -> None:
     with pytest.raises(sc.ConfigError, match="beamops_secrets_delivery: got 'vault'"):
         sc.apply(request(tmp_path, secrets_delivery="vault"))
+
+
+def test_encrypted_credentials_hold_ciphertext_and_are_compared_decrypted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """systemd-creds stands in as a reversible fake here; the deploy scenario uses the real one."""
+    fake = tmp_path / "systemd-creds"
+    fake.write_text(
+        "#!/bin/sh\n"
+        "name=${2#--name=}\n"
+        'if [ "$1" = encrypt ]; then printf "sealed:%s:" "$name"; base64 -w0; exit 0; fi\n'
+        'body=$(cat "$3"); case "$body" in "sealed:$name:"*) ;; *) exit 1 ;; esac\n'
+        'printf %s "${body#sealed:$name:}" | base64 -d\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setattr(sc, "SYSTEMD_CREDS", str(fake))
+    sealed = request(tmp_path, secrets_delivery="encrypted_credentials")
+    changed, changes = sc.apply(sealed)
+    path = tmp_path / "etc" / "blue.credentials" / "SECRET_KEY_BASE"
+    assert path.read_text().startswith("sealed:SECRET_KEY_BASE:")
+    assert "s3cret-value" not in path.read_text()
+    assert sc.apply(sealed) == (False, [])  # decrypted and found equal: not rewritten
+    rotated = request(tmp_path, secrets_delivery="encrypted_credentials",
+                      secret_env={"SECRET_KEY_BASE": "rotated"})  # fmt: skip
+    changed, changes = sc.apply(rotated)
+    assert changed and [c.path for c in changes] == [str(path)]
