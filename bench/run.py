@@ -166,7 +166,7 @@ def zero_downtime(pair: str, hosts: Sequence[testhosts.Host]) -> List[Dict[str, 
     rows = []
     addresses = [h.address for h in hosts]
     with Loads(addresses) as loads:
-        for _ in range(CYCLES):
+        for _cycle in range(CYCLES):
             deploy(pair, "0.2.0")
             play(pair, "rollback", *TIMINGS)
         results = loads.stop()
@@ -233,7 +233,7 @@ def rollbacks(single: str, host: testhosts.Host) -> Dict[str, Any]:
     each SAMPLES times: the medians, and every sample."""
     runs: Dict[str, List[float]] = {"warm": [], "cold": [], "naive_redeploy": []}
     answers: Dict[str, List[float]] = {"warm": [], "cold": []}
-    for _ in range(SAMPLES):
+    for _sample in range(SAMPLES):
         deploy(single, "0.2.0", "-e", "beamops_keep_old_warm=true")
         run, answered = timed_to_answer(
             host.address, "sample_app 0.1.0", lambda: play(single, "rollback", *TIMINGS)
@@ -248,7 +248,9 @@ def rollbacks(single: str, host: testhosts.Host) -> Dict[str, Any]:
         runs["cold"].append(run.seconds)
         answers["cold"].append(answered)
         deploy(single, "0.2.0")
-        run, _ = timed_to_answer(host.address, "sample_app 0.1.0", lambda: naive(single, "0.1.0"))
+        run, _answered = timed_to_answer(
+            host.address, "sample_app 0.1.0", lambda: naive(single, "0.1.0")
+        )
         runs["naive_redeploy"].append(run.seconds)
         deploy(single, "0.1.0")  # the state and the slot agree again after the naive restart
     return {
@@ -418,7 +420,7 @@ def main() -> int:
         with Loads([single_host.address]):
             deploys.append(deploy(single, version))
         reruns.append(deploy(single, version))
-    for _ in range(SAMPLES):
+    for _sample in range(SAMPLES):
         with Loads([single_host.address]):
             naives.append(naive(single, "0.1.0").seconds)
     deploy(single, "0.1.0")  # the state and the slot agree again after the naive restart

@@ -108,8 +108,8 @@ def checks() -> str:
 def replace_between(text: str, begin: str, end: str, body: str) -> str:
     if begin not in text or end not in text:
         raise SystemExit(f"{README}: markers {begin!r} and {end!r} not found")
-    head, _, rest = text.partition(begin)
-    _, _, tail = rest.partition(end)
+    head, _unused, rest = text.partition(begin)
+    _body, _end, tail = rest.partition(end)
     return head + body + tail
 
 

@@ -31,5 +31,5 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         return
     terminalreporter.section("stage times (make test)")
     for line in STAGE_TIMES.read_text().splitlines():
-        name, _, seconds = line.partition(" ")
+        name, _unused, seconds = line.partition(" ")
         terminalreporter.write_line(f"{name:<10} {seconds:>8} s")

@@ -424,7 +424,7 @@ class HaproxyProxy(Proxy):
 
     def start_observing(self, slot: str) -> None:
         self._slot = slot
-        total, errors, _ = self._counters()
+        total, errors, _unused = self._counters()
         self._seen = (total, errors)
 
     def sample(self) -> Traffic:

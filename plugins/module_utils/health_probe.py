@@ -31,7 +31,7 @@ import ssl
 import sys
 import time
 import urllib.parse
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 DEFAULT_STATUS_CODES: Tuple[int, ...] = (200,)
 DEFAULT_BODY_EXCERPT_BYTES = 512
@@ -704,11 +704,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = run_probe(config, alive=(lambda: process_gone(pid)) if pid > 0 else None)
     if result.passed:
         if args.verbose:
-            print(f"{GATE_PREFIX} {success_message(result)}", flush=True)
+            say(sys.stdout, f"{GATE_PREFIX} {success_message(result)}")
         return EXIT_HEALTHY
-    print(f"{GATE_PREFIX} {failure_message(result, config)}", file=sys.stderr, flush=True)
+    say(sys.stderr, f"{GATE_PREFIX} {failure_message(result, config)}")
     return EXIT_UNHEALTHY
 
 
+def say(stream: TextIO, line: str) -> None:
+    """One line to the journal (the unit's stdout or stderr), flushed: the command-line side of
+    this file, where Ansible's module.log does not apply."""
+    stream.write(line + "\n")
+    stream.flush()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -354,7 +354,7 @@ def _check_ports(inputs: Inputs) -> Iterator[str]:
             yield f"{name}: got {shown(port)}; expected a TCP port from 1 to 65535"
         elif port == EPMD_PORT:
             yield f"{name}: got {port}, epmd's port; expected another"
-    numbers = [port for _, port in ports]
+    numbers = [port for _unused, port in ports]
     if len(set(map(str, numbers))) != len(numbers):
         listed = ", ".join(f"{name}={port}" for name, port in ports)
         yield f"ports must be distinct: {listed}"
@@ -441,7 +441,7 @@ def _check_paths_and_bind(inputs: Inputs) -> Iterator[str]:
 @rule(
     "Resource limits",
     "Each empty (no limit) or: "
-    + ", ".join(f"`{name}` {what}" for name, _, what in LIMIT_PATTERNS)
+    + ", ".join(f"`{name}` {what}" for name, _unused, what in LIMIT_PATTERNS)
     + ". Written into the unit and vm.args as they are, so nothing else passes.",
 )
 def _check_limits(inputs: Inputs) -> Iterator[str]:

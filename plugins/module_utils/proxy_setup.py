@@ -136,7 +136,7 @@ class ProxySetup:
         wanted = self._files()
         pending = [spec for spec in wanted if self._differs(*spec)]
         if check_mode:
-            self.result.written = [path for path, _, _ in pending]
+            self.result.written = [path for path, _text, _once in pending]
             self.result.changed = bool(pending)
             return self.result
         if pending:
@@ -179,18 +179,18 @@ class ProxySetup:
             return True
 
     def _write(self, pending: List[FileSpec]) -> None:
-        previous = {path: read_text(path) for path, _, _ in pending}
+        previous = {path: read_text(path) for path, _text, _once in pending}
         # The files written once (the map, the upstream) go first: `haproxy -c` loads the map.
         first = [spec for spec in pending if spec[2]]
         then = [spec for spec in pending if not spec[2]]
-        for path, text, _ in first:
+        for path, text, _unused in first:
             write_if_changed(path, text, 0o644)
         if self.r.proxy == "haproxy":
-            self._check_haproxy({path: text for path, text, _ in then})
+            self._check_haproxy({path: text for path, text, _unused in then})
         self._free_port()
-        for path, text, _ in then:
+        for path, text, _unused in then:
             write_if_changed(path, text, 0o644)
-        self.result.written = [path for path, _, _ in first + then]
+        self.result.written = [path for path, _text, _once in first + then]
         self.result.changed = True
         rejected = nginx_test_or_restore(self.run, previous) if self.r.proxy == "nginx" else None
         if rejected:

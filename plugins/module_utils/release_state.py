@@ -728,7 +728,7 @@ def good_versions_by_activation(state: State) -> List[str]:
         for version, release in state["releases"].items()
         if release["status"] == "good" and release["activated_seq"] is not None
     ]
-    return [version for _, version in sorted(ranked, reverse=True)]
+    return [version for _unused, version in sorted(ranked, reverse=True)]
 
 
 def last_good_version(state: State) -> Optional[str]:

@@ -95,7 +95,7 @@ def sha256_of(path: str) -> str:
 
 
 def registered_sha(request: Request) -> Optional[str]:
-    state, _ = release_state.read_state(request.state_path)
+    state, _unused = release_state.read_state(request.state_path)
     known = state["releases"].get(request.version)
     return known["sha256"] if known else None
 

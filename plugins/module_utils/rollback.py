@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ansible_collections.beamops.release.plugins.module_utils import (
     cutover,
+    health_probe,
     release_state,
 )
 
@@ -78,7 +79,7 @@ def plan_and_lock(
     settings: cutover.Settings, to: Optional[str], run: cutover.Run = cutover.run_command
 ) -> Tuple[Plan, Optional[release_state.DeployLock]]:
     """make_plan, and the deploy lock the plan read from the same state (None when free)."""
-    state, _ = release_state.read_state(settings.state_path)
+    state, _unused = release_state.read_state(settings.state_path)
     lock = state["lock"]
     resumes = ""
     if to is None:
@@ -243,12 +244,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None, prog: str = "rollback") -> int:
     args = build_parser(prog).parse_args(argv)
     if os.geteuid() != 0:
-        print(f"{prog}: run as root (sudo {prog})", file=sys.stderr)
+        health_probe.say(sys.stderr, f"{prog}: run as root (sudo {prog})")
         return 2
     try:
         settings = cutover.load_settings(os.path.join(args.config_dir, cutover.SETTINGS_FILE_NAME))
         plan = make_plan(settings, args.version)
-        print(f"{prog}: {plan.describe()}", flush=True)
+        health_probe.say(sys.stdout, f"{prog}: {plan.describe()}")
         if args.plan:
             return 0
         run_id = f"local-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}"
@@ -261,11 +262,11 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "rollback") -> int:
             force_lock=args.force_lock,
         )
     except (cutover.CutoverError, release_state.ReleaseStateError) as exc:
-        print(f"{prog}: refused: {exc}. Nothing was changed.", file=sys.stderr)
+        health_probe.say(sys.stderr, f"{prog}: refused: {exc}. Nothing was changed.")
         return 2
     for warning in outcome.warnings:
-        print(f"{prog}: warning: {warning}", file=sys.stderr)
-    print(f"{prog}: {outcome.msg} ({_timings(outcome.timings)})", flush=True)
+        health_probe.say(sys.stderr, f"{prog}: warning: {warning}")
+    health_probe.say(sys.stdout, f"{prog}: {outcome.msg} ({_timings(outcome.timings)})")
     return 1 if outcome.result == "failed" else 0
 
 

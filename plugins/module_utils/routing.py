@@ -57,7 +57,7 @@ def haproxy_live_slot(map_file: str, app: str) -> Optional[str]:
     try:
         with open(map_file, encoding="utf-8") as handle:
             for line in handle:
-                key, _, value = line.strip().partition(" ")
+                key, _unused, value = line.strip().partition(" ")
                 if key == "live" and value.strip().startswith(f"{app}_"):
                     slot = value.strip()[len(app) + 1 :]
                     return slot if slot in SLOTS else None

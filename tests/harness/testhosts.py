@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Throw-away Debian test hosts for beamops.release: systemd as PID 1, sshd, one address each.
 
 Each host is a systemd-nspawn container booted from an overlayfs copy of one template
@@ -93,6 +92,11 @@ MASKED_UNITS: tuple[str, ...] = (
     "console-getty.service",
     "getty@tty1.service",
 )
+
+# Installed for the tests that use them, but not started at boot: Debian enables Prometheus
+# (and its node exporter, when present) on every host, which costs a 2-core machine CPU the
+# other tests need. A test that needs one starts it.
+DISABLED_UNITS: tuple[str, ...] = ("prometheus.service", "prometheus-node-exporter.service")
 
 # Files dpkg skips while unpacking: documentation and translations, and the 210 MB of
 # time-zone data that prometheus drags in through libjs-moment-timezone for its legacy
@@ -358,7 +362,7 @@ def _mounts() -> list[tuple[str, str, str]]:
 
 def _mounts_under(path: Path) -> list[str]:
     top = str(path)
-    return [m for m, _, _ in _mounts() if m == top or m.startswith(top + "/")]
+    return [m for m, _fstype, _options in _mounts() if m == top or m.startswith(top + "/")]
 
 
 def _unmount_all_under(path: Path) -> None:
@@ -484,7 +488,7 @@ def _hierarchy_mount(controllers: str, mounts: list[tuple[str, str, frozenset[st
     """Mount point of the hierarchy a /proc/self/cgroup line names, if a host manages it:
     the unified one, name=systemd, or a v1 one holding one of RW_CONTROLLERS."""
     if not controllers:
-        return next((point for point, fstype, _ in mounts if fstype == "cgroup2"), None)
+        return next((point for point, fstype, _unused in mounts if fstype == "cgroup2"), None)
     wanted = set(controllers.split(","))
     if controllers != "name=systemd" and not wanted & set(RW_CONTROLLERS):
         return None
@@ -500,7 +504,7 @@ def _host_cgroup_dirs(cfg: Config, name: str) -> list[Path]:
     mounts = _cgroup_mounts()
     dirs = []
     for line in Path("/proc/self/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
+        _unused, controllers, path = line.split(":", 2)
         mount_point = _hierarchy_mount(controllers, mounts)
         if mount_point is None or not os.path.exists(os.path.join(mount_point, "cgroup.procs")):
             continue
@@ -513,8 +517,8 @@ def _host_cgroup_dirs(cfg: Config, name: str) -> list[Path]:
 def _our_cgroup_groups(cfg: Config) -> list[Path]:
     """Every cgroup directory named after this checkout, wherever an earlier run put it."""
     found = []
-    for point, _, _ in _cgroup_mounts():
-        for root, dirs, _ in os.walk(point):
+    for point, _fstype, _options in _cgroup_mounts():
+        for root, dirs, _unused in os.walk(point):
             if cfg.cgroup_group in dirs:
                 found.append(Path(root) / cfg.cgroup_group)
                 dirs.remove(cfg.cgroup_group)
@@ -523,7 +527,7 @@ def _our_cgroup_groups(cfg: Config) -> list[Path]:
 
 def _cgroup_pids(directory: Path) -> set[int]:
     pids: set[int] = set()
-    for root, _, files in os.walk(directory):
+    for root, _unused, files in os.walk(directory):
         if "cgroup.procs" in files:
             with contextlib.suppress(OSError):
                 pids.update(int(p) for p in Path(root, "cgroup.procs").read_text().split())
@@ -534,8 +538,10 @@ def _remove_cgroup_tree(directory: Path) -> None:
     """rmdir depth-first: cgroup directories hold pseudo-files and cannot be rm -rf'ed."""
     if not directory.is_dir():
         return
-    for _ in range(20):  # a just-emptied cgroup can stay busy for a moment
-        for root, _, _ in sorted(os.walk(directory), key=lambda w: len(w[0]), reverse=True):
+    for _attempt in range(20):  # a just-emptied cgroup can stay busy for a moment
+        for root, _dirs, _files in sorted(
+            os.walk(directory), key=lambda w: len(w[0]), reverse=True
+        ):
             with contextlib.suppress(OSError):
                 os.rmdir(root)
         if not directory.exists():
@@ -674,6 +680,7 @@ def template_id() -> str:
         "packages": sorted(TEMPLATE_PACKAGES),
         "rw_controllers": list(RW_CONTROLLERS),
         "masked": sorted(MASKED_UNITS),
+        "disabled": sorted(DISABLED_UNITS),
         "dpkg_filters": list(DPKG_PATH_FILTERS),
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
@@ -729,6 +736,9 @@ def _customize_template(root: Path) -> None:
     # systemctl inside a chroot edits unit symlinks without talking to any manager.
     chroot("systemctl", "enable", "systemd-networkd.service")
     chroot("systemctl", "mask", *MASKED_UNITS)
+    present = [u for u in DISABLED_UNITS if (root / "lib/systemd/system" / u).exists()]
+    if present:
+        chroot("systemctl", "disable", *present)
     for cache in (root / "var/cache/apt").glob("*.bin"):
         cache.unlink()
     for lists in (root / "var/lib/apt/lists").iterdir():

@@ -353,7 +353,7 @@ def read_raw_response(reader: IO[bytes], head: bool = False) -> Response:
     assert status_line.startswith(b"HTTP/1.1 "), f"bad status line {status_line!r}"
     headers: Dict[str, str] = {}
     while (line := reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.decode("latin-1").partition(":")
+        name, _unused, value = line.decode("latin-1").partition(":")
         headers[name.strip().lower()] = value.strip()
     body = b"" if head else reader.read(int(headers["content-length"]))
     return Response(int(status_line.split()[1]), headers, body)
@@ -492,7 +492,7 @@ def test_metrics_exposition(server: Release, build: Build) -> None:
     assert (metric(text, "sample_app_beam_limit", kind="schedulers_online") or 0) >= 1
 
     count_before = metric(text, "sample_app_http_requests_total", path="/", status="200") or 0
-    for _ in range(3):
+    for _unused in range(3):
         server.get("/")
     server.get("/no/such/path")
     after = server.get("/metrics").body.decode()
@@ -552,7 +552,7 @@ def test_http10_closes_unless_keep_alive_requested(server: Release) -> None:
         assert_closed_by_server(sock)
     with raw_connect(server.port) as sock:
         reader = sock.makefile("rb")
-        for _ in range(2):
+        for _unused in range(2):
             sock.sendall(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
             response = read_raw_response(reader)
             assert response.status == 200
@@ -622,7 +622,7 @@ def test_ready_delay_reports_starting(launcher: Launcher, build: Build) -> None:
 def test_fail_health_never_ready_and_escapes_slot(launcher: Launcher) -> None:
     slot = 'gr"een\\ \n\t\x01 é☃'
     release = launcher.start({"FAIL_HEALTH": "true", "SLOT": slot})
-    for _ in range(5):
+    for _unused in range(5):
         response = release.get("/health/ready")
         assert response.status == 503
         assert response.json()["status"] == "failing"

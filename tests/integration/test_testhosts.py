@@ -356,7 +356,7 @@ def leftovers() -> list[str]:
         if name == CFG.bridge or re.fullmatch(rf"vb-{CFG.prefix}[0-9]+", name):
             found.append(f"link: {name}")
     for hierarchy in Path("/sys/fs/cgroup").iterdir():
-        for root, dirs, _ in os.walk(hierarchy):
+        for root, dirs, _unused in os.walk(hierarchy):
             found += [f"cgroup: {root}/{d}" for d in dirs if d == CFG.cgroup_group]
     for path in (CFG.hosts_dir, CFG.inventory_ini_path, CFG.inventory_json_path):
         if path.exists():

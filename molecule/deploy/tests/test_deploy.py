@@ -271,7 +271,7 @@ def test_a_release_whose_readiness_fails_after_the_switch_costs_no_request(
 ) -> None:
     """nginx keeps the old slot as `backup`, HAProxy as the backup server of the new slot's
     backend; the watch on the host switches back within a second of its verdict."""
-    _, load = after_switch_failure(fleet, "readiness")
+    _unused, load = after_switch_failure(fleet, "readiness")
     assert load.failed() == 0, load.results
 
 

@@ -135,7 +135,7 @@ def test_a_good_release_is_started_switched_watched_recorded_and_the_old_slot_re
     assert os.readlink(Path(settings.base_dir) / "slots" / "blue").endswith("releases/0.2.0")
     assert commands.ran("systemctl", "enable", "--quiet", "demo@blue.service")
     assert commands.ran("systemctl", "start", "demo@blue.service")
-    assert [(p, f) for p, f, _ in proxy.routes] == [("blue", "green")]
+    assert [(p, f) for p, f, _unused in proxy.routes] == [("blue", "green")]
     after = state(settings)
     active = after["active"]
     assert active is not None and (active["slot"], active["version"]) == ("blue", "0.2.0")
@@ -204,7 +204,7 @@ def test_a_failure_after_the_switch_switches_back_within_the_threshold(
     commands = Commands({("systemctl", "is-active"): (3, "")})
     out = cutover(settings, commands, proxy).execute()
     assert (out.result, out.stage, out.switched_back) == ("failed", "watch", True), out.msg
-    assert [(p, f) for p, f, _ in proxy.routes] == [("blue", "green"), ("green", None)]
+    assert [(p, f) for p, f, _unused in proxy.routes] == [("blue", "green"), ("green", None)]
     assert problem in out.msg and "traffic switched back to slot green (0.1.0)" in out.msg
     assert out.switch_back_ms is not None and out.switch_back_ms < 100
     threshold = settings.watch_failure_threshold * settings.watch_interval
@@ -395,12 +395,12 @@ def test_a_drain_in_progress_is_waited_for(
     def run(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
         return subprocess.CompletedProcess(list(argv), 0, next(answers), "")
 
-    assert co.wait_for_retirement(settings, "green", run, sleep=lambda _: None)
+    assert co.wait_for_retirement(settings, "green", run, sleep=lambda _unused: None)
     assert co.wait_for_retirement(settings, "green", Commands()) is False
     forever = Commands({("systemctl", "is-active"): (0, "active\n")})
     clock = iter(range(0, 1000, 10))
     with pytest.raises(co.CutoverError, match="still draining"):
-        co.wait_for_retirement(settings, "green", forever, sleep=lambda _: None,
+        co.wait_for_retirement(settings, "green", forever, sleep=lambda _unused: None,
                                clock=lambda: float(next(clock)))  # fmt: skip
 
 
@@ -474,7 +474,7 @@ def test_a_proxy_restarted_during_the_watch_is_waited_for_and_the_new_slot_stays
     commands = Commands({("systemctl", "is-active"): (3, "")})
     out = cutover(settings, commands, proxy).execute()
     assert (out.result, out.stage, out.switched_back) == ("ok", "done", False), out.msg
-    assert [(p, f) for p, f, _ in proxy.routes] == [("blue", "green")]
+    assert [(p, f) for p, f, _unused in proxy.routes] == [("blue", "green")]
     assert proxy.offline == []
     assert any(
         "fakeproxy stopped during the watch (main PID 100)" in w and "as PID 200" in w
@@ -502,7 +502,7 @@ def test_a_proxy_that_never_comes_back_leaves_its_files_on_the_old_slot(
     assert "fakeproxy.service is failed" in out.msg
     assert "its configuration routes to slot green (0.1.0) again" in out.msg
     assert proxy.offline == ["green"]
-    assert [(p, f) for p, f, _ in proxy.routes] == [("blue", "green")]  # no live switch back
+    assert [(p, f) for p, f, _unused in proxy.routes] == [("blue", "green")]  # no live switch back
     assert commands.ran("systemctl", "start", "fakeproxy.service")
     assert commands.ran("systemctl", "stop", "demo@blue.service")
     assert state(settings)["releases"]["0.2.0"]["status"] == "bad"

@@ -884,7 +884,7 @@ def test_two_processes_racing_for_the_deploy_lock_get_exactly_one_winner(host: H
         ]
         for runner in runners:
             runner.start()
-        outcomes = dict(results.get(timeout=20) for _ in runners)
+        outcomes = dict(results.get(timeout=20) for _unused in runners)
         for runner in runners:
             runner.join(timeout=10)
         winners = [run_id for run_id, outcome in outcomes.items() if outcome == "won"]

@@ -79,7 +79,7 @@ def test_a_release_installs_root_owned_without_set_id_bits_then_is_left_alone(
     assert mode == 0o755, oct(mode)  # set-uid and group write dropped
     assert os.readlink(Path(first.release_dir) / "lib" / "current") == "../releases/1.0.0"
     assert not Path(first.partial_dir).exists()
-    state, _ = rs.read_state(first.state_path)
+    state, _unused = rs.read_state(first.state_path)
     assert state["releases"]["1.0.0"]["sha256"] == first.sha256
     again = ru.install(first)
     assert not again.changed and not again.installed and "already installed" in again.msg
@@ -113,7 +113,7 @@ def test_hostile_or_wrong_tarballs_are_refused_leaving_nothing(
     releases = Path(wanted.releases_dir)
     assert sorted(p.name for p in releases.iterdir()) == []
     assert not (tmp_path / "escaped").exists()
-    state, _ = rs.read_state(wanted.state_path)
+    state, _unused = rs.read_state(wanted.state_path)
     assert state["releases"] == {}
 
 

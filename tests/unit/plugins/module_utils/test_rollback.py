@@ -114,7 +114,7 @@ def test_roll_back_locks_activates_marks_the_release_left_bad_and_unlocks(
     assert state["releases"]["0.2.0"]["status"] == "bad"
     assert state["releases"]["0.2.0"]["reason"] == "rolled back by alice@here"
     assert state["lock"] is None
-    assert [(p, f) for p, f, _ in proxy.routes] == [("blue", "green")]
+    assert [(p, f) for p, f, _unused in proxy.routes] == [("blue", "green")]
 
 
 def test_roll_back_refuses_a_host_locked_by_another_run(

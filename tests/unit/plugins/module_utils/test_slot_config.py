@@ -75,7 +75,7 @@ def test_a_second_run_changes_nothing_and_check_mode_writes_nothing(tmp_path: Pa
 
 
 def test_the_diff_never_holds_a_secret(tmp_path: Path) -> None:
-    _, changes = sc.apply(request(tmp_path))
+    _unused, changes = sc.apply(request(tmp_path))
     text = repr(module.diff_of(changes))
     assert "s3cret" not in text and "cookie-0123" not in text
     assert "GREETING" in text and "(secret: content not shown)" in text
@@ -162,7 +162,7 @@ TLS = {**DIST, "tls": True, "cert": "CERT PEM", "key": "KEY PEM", "cacert": "CA 
 
 
 def test_tls_distribution_writes_its_options_and_keeps_the_key_from_others(tmp_path: Path) -> None:
-    _, changes = sc.apply(request(tmp_path, dist=TLS, vm_args=[]))
+    _unused, changes = sc.apply(request(tmp_path, dist=TLS, vm_args=[]))
     gid = grp.getgrnam(GROUP).gr_gid
     tls = tmp_path / "etc" / "dist-tls"
     assert owner_mode(tls) == (0, gid, 0o750)
@@ -185,7 +185,9 @@ def test_tls_distribution_without_a_certificate_is_refused(tmp_path: Path) -> No
 
 def test_secrets_as_credentials_are_files_and_not_environment(tmp_path: Path) -> None:
     secret_env = {"SECRET_KEY_BASE": "s3cret-value", "FEATURE_TOKEN": True}
-    _, changes = sc.apply(request(tmp_path, secret_env=secret_env, secrets_delivery="credentials"))
+    _unused, changes = sc.apply(
+        request(tmp_path, secret_env=secret_env, secrets_delivery="credentials")
+    )
     folder = tmp_path / "etc" / "blue.credentials"
     assert owner_mode(folder) == (0, 0, 0o700)
     assert owner_mode(folder / "SECRET_KEY_BASE") == (0, 0, 0o600)

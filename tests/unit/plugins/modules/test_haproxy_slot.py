@@ -282,7 +282,7 @@ def test_through_the_ansible_command_line(haproxy_lab: harness.HAProxyLab) -> No
     )  # fmt: skip
 
     assert process.returncode == 0, process.stdout + process.stderr
-    status, _, body = process.stdout.partition(" => ")
+    status, _unused, body = process.stdout.partition(" => ")
     assert status == "localhost | CHANGED", process.stdout
     result = json.loads(body)
     assert result["changed"] is True

@@ -131,7 +131,7 @@ def test_success(ansible: AnsibleRun, http_server: ScriptedServer, interpreter: 
         "headers": {"X-Attempt-Budget": 5},
     }
 
-    rc, state, result, _ = ansible.module(args, interpreter=interpreter)
+    rc, state, result, _unused = ansible.module(args, interpreter=interpreter)
 
     assert (rc, state) == (0, "SUCCESS")
     assert result["changed"] is False
@@ -182,7 +182,7 @@ def test_failure_message_and_result_fields(
 def test_check_mode_contacts_nothing(ansible: AnsibleRun, http_server: ScriptedServer) -> None:
     url = http_server.script("/health/ready", [Reply(200, "ok")])
 
-    rc, state, result, _ = ansible.module({"urls": [url]}, check=True)
+    rc, state, result, _unused = ansible.module({"urls": [url]}, check=True)
 
     assert (rc, state) == (0, "SUCCESS")
     assert (result["changed"], result["probed"]) == (False, False)
@@ -194,7 +194,9 @@ def test_check_mode_contacts_nothing(ansible: AnsibleRun, http_server: ScriptedS
 def test_check_mode_probes_when_asked(ansible: AnsibleRun, http_server: ScriptedServer) -> None:
     url = http_server.script("/health/ready", [Reply(200, "ok")])
 
-    rc, _, result, _ = ansible.module({"urls": [url], "probe_in_check_mode": True}, check=True)
+    rc, _unused, result, _unused = ansible.module(
+        {"urls": [url], "probe_in_check_mode": True}, check=True
+    )
 
     assert rc == 0
     assert (result["changed"], result["probed"], result["passed"]) == (False, True, True)
@@ -210,7 +212,7 @@ def test_invalid_parameters_are_named(ansible: AnsibleRun, http_server: Scripted
         "deadline": 0,
     }
 
-    rc, state, result, _ = ansible.module(args)
+    rc, state, result, _unused = ansible.module(args)
 
     assert rc != 0 and state == "FAILED!"
     assert result["msg"] == (

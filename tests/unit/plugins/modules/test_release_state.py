@@ -88,7 +88,7 @@ class Ansible:
         )
         match = re.search(r"^localhost \| ([A-Z]+!?) => ", done.stdout, re.MULTILINE)
         assert match, f"no result in output:\n{done.stdout}\n{done.stderr}"
-        result, _ = json.JSONDecoder().raw_decode(done.stdout, match.end())
+        result, _unused = json.JSONDecoder().raw_decode(done.stdout, match.end())
         assert isinstance(result, dict)
         # ansible exits 2 exactly when a host failed
         assert (done.returncode == 2) == (match.group(1) == "FAILED!"), done.stdout
@@ -160,7 +160,7 @@ def test_check_mode_predicts_the_change_and_writes_nothing(
 def test_diff_mode_shows_the_state_file_change(ansible: Ansible, base_dir: Path) -> None:
     state_file = prepare(base_dir, register("0.1.0"))
     mark = {"action": "mark", "path": str(state_file), "version": "0.1.0", "status": "good"}
-    status, stdout, _ = ansible.module(mark, "--diff")
+    status, stdout, _unused = ansible.module(mark, "--diff")
     assert status == "CHANGED", stdout
     assert f"--- before: {state_file}" in stdout
     assert f"+++ after: {state_file}" in stdout
