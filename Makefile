@@ -15,9 +15,10 @@ HARNESS := $(BIN)/python $(CURDIR)/tests/harness/testhosts.py
 STAGE := $(CURDIR)/tests/tools/stage.sh
 # Debian packages the controller needs: venv for the toolchain, nspawn + mmdebstrap for the
 # test hosts, Elixir to build the sample release, ssh to reach the hosts, haproxy for the
-# haproxy_slot unit tests (run as a plain process, never as the system service).
+# haproxy_slot unit tests (run as a plain process, never as the system service), shellcheck for
+# ansible-test sanity.
 APT_PACKAGES := python3-venv python3-pip systemd-container mmdebstrap openssh-client iproute2 \
-	util-linux elixir erlang-dev curl ca-certificates git make haproxy
+	util-linux elixir erlang-dev curl ca-certificates git make haproxy shellcheck
 
 # Collections are looked up here: build/collections/ansible_collections/beamops/release -> repo.
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/build/collections
