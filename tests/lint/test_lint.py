@@ -103,8 +103,17 @@ def test_collection_builds_and_installs(tmp_path: Path) -> None:
         "playbooks/status.yml",
     ):
         assert (root / part).exists(), f"{part} missing from the built collection"
-    for leftover in (".venv", "build", "tests/output"):
+    assert (root / "LICENSE").read_text().startswith(" " * 20 + "GNU GENERAL PUBLIC LICENSE")
+    # What a user runs, not the development tree: no tests, no example vaults beside the
+    # test password that opens them, no toolchain.
+    for leftover in (
+        ".venv", "build", "tests", "molecule", "bench", "inventories", "Makefile", ".ci",
+        ".gitignore", "requirements.txt", "constraints.txt", "ansible.cfg",
+    ):  # fmt: skip
         assert not (root / leftover).exists(), f"{leftover} must not be packaged"
+    manifest = json.loads((root / "MANIFEST.json").read_text())["collection_info"]
+    assert manifest["license_file"] == "LICENSE"
+    assert not any("example.invalid" in str(value) for value in manifest.values())
 
 
 def test_generated_docs_are_current() -> None:

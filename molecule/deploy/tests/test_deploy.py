@@ -37,6 +37,9 @@ from tests.tools.fleet import (
 def test_first_deploy_serves_0_1_0_through_both_proxies(fleet: Fleet) -> None:
     assert fleet.served() == {name: "sample_app 0.1.0 on blue" for name in HOSTS}
     for name in HOSTS:
+        # The slot's own journal identifier: what the release said, by slot.
+        said = fleet.hosts[name].check_output("journalctl -t sample_app-blue --no-pager -o cat")
+        assert "sample_app started version=0.1.0 slot=blue" in said
         state = fleet.state(name)
         assert state["active"]["version"] == "0.1.0"
         assert state["releases"]["0.1.0"]["status"] == "good"
