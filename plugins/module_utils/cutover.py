@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 # The on-host rollback command finds these under the helper directory, installed in the same
 # package layout, so one import line serves the module and the command.
 from ansible_collections.beamops.release.plugins.module_utils import (
+    deploy_metrics,
     haproxy_runtime,
     health_probe,
     redact,
@@ -106,6 +107,10 @@ class Settings:
     keep_old_warm: bool = False
     releases_keep: int = 5
     helper_dir: str = "/usr/local/lib/beamops"
+    # Where each cutover leaves its metrics (node_exporter textfile) and its event line; empty:
+    # not at all. See deploy_metrics.
+    metrics_dir: str = ""
+    events_log: str = ""
 
     def problems(self) -> List[str]:
         found: List[str] = []
@@ -522,8 +527,47 @@ class Cutover:
     def execute(self, check_mode: bool = False) -> Outcome:
         if check_mode:
             return self._execute(check_mode)
+        started_at = self.wall()
         with release_state.cutover_in_progress(self.s.state_path):
-            return self._execute(check_mode)
+            outcome = self._execute(check_mode)
+        self._publish(started_at)
+        return outcome
+
+    def _publish(self, started_at: float) -> None:
+        """Metrics and the event line: never a reason to fail a cutover, only a warning."""
+        if not (self.s.metrics_dir or self.s.events_log):
+            return
+        try:
+            state, _missing = release_state.read_state(self.s.state_path)
+            active: Dict[str, Any] = dict(state["active"] or {})
+            lock: Dict[str, Any] = dict(state["lock"] or {})
+            record = deploy_metrics.Cutover(
+                app=self.s.app,
+                host=self.r.host,
+                event=self.r.event,
+                version=self.r.version,
+                slot=self.r.slot,
+                from_version=self.r.from_version,
+                from_slot=self.r.from_slot,
+                result=deploy_metrics.result_of(
+                    self.out.result == "ok", self.out.switched_back, self.out.stage
+                ),
+                stage=self.out.stage,
+                started_at=started_at,
+                ended_at=self.wall(),
+                timings=self.out.timings,
+                msg=self.out.msg,
+                run_id=self.r.run_id,
+                holder=lock.get("holder"),
+            )
+            serving = deploy_metrics.Serving(
+                version=active.get("version"),
+                slot=active.get("slot"),
+                routed_slot=routing.routed_slot(self.s.routing()),
+            )
+            deploy_metrics.publish(record, serving, self.s.metrics_dir, self.s.events_log)
+        except (OSError, ValueError, release_state.ReleaseStateError) as exc:
+            self.out.warnings.append(f"deploy metrics and events were not written: {exc}")
 
     def _execute(self, check_mode: bool) -> Outcome:
         problems = self.r.problems()

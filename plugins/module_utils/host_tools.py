@@ -25,6 +25,7 @@ from typing import List, Optional
 from ansible_collections.beamops.release.plugins.module_utils import (
     atomic_file,
     cutover,
+    deploy_metrics,
     haproxy_runtime,
     health_probe,
     redact,
@@ -39,6 +40,7 @@ SHARED_FILES = tuple(
     for module in (
         atomic_file,
         cutover,
+        deploy_metrics,
         haproxy_runtime,
         health_probe,
         redact,

@@ -173,6 +173,19 @@ options:
         module's own payload, only when different.
     type: path
     default: /usr/local/lib/beamops
+  metrics_dir:
+    description:
+      - Where each cutover writes C(beamops_<app>.prom) in node_exporter's textfile format - the
+        release served, the last cutover's start, end, result, gate and watch times, counters of
+        deploys and rollbacks by result, and whether state and proxy disagree. Empty - none.
+    type: str
+    default: ""
+  events_log:
+    description:
+      - A file to which each cutover appends one JSON line (who, what version, from which, the
+        result, the time of each step). Empty - none.
+    type: str
+    default: ""
 notes:
   - Runs as root on the managed host; needs systemd, and nginx or HAProxy configured by the
     C(beamops.release.traffic_switch) role.
@@ -325,6 +338,8 @@ ARGUMENT_SPEC: Dict[str, Dict[str, Any]] = {
     "keep_old_warm": {"type": "bool", "default": False},
     "releases_keep": {"type": "int", "default": 5},
     "helper_dir": {"type": "path", "default": "/usr/local/lib/beamops"},
+    "metrics_dir": {"type": "str", "default": ""},
+    "events_log": {"type": "str", "default": ""},
 }
 
 

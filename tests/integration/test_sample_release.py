@@ -453,6 +453,7 @@ def test_ready_reports_identity_and_cluster(server: Release, build: Build) -> No
         "slot": "blue",
         "node": "nonode@nohost",
         "connected_nodes": [],
+        "cluster": {"connected": 0, "missing": {}, "required": 0},
     }
 
 
@@ -612,6 +613,7 @@ def test_ready_delay_reports_starting(launcher: Launcher, build: Build) -> None:
         "slot": "green",
         "node": "nonode@nohost",
         "connected_nodes": [],
+        "cluster": {"connected": 0, "missing": {}, "required": 0},
     }
     assert release.get("/health/live").status == 200
     assert metric(release.get("/metrics").body.decode(), "sample_app_ready") == 0
@@ -769,19 +771,46 @@ def test_sname_node_name_and_cluster_retry(launcher: Launcher, release_root: Pat
         "RELEASE_COOKIE": f"cookie{suffix}",
         "ERL_EPMD_PORT": str(epmd_port),
     }
-    # The first node starts before its peer exists: it must keep retrying.
+    # The first node starts before its peer exists: it must keep retrying, and with
+    # READY_MIN_NODES it is not ready until it has joined, saying why it has not.
     node_a = launcher.start(
-        {**common, "RELEASE_NODE": first, "CLUSTER_NODES": f" {second}@{host} ,"}
-    )
+        {**common, "RELEASE_NODE": first, "CLUSTER_NODES": f" {second}@{host} ,",
+         "READY_MIN_NODES": "1"}
+    )  # fmt: skip
     assert node_a.get("/version").json()["node"] == f"{first}@{host}"
-    assert node_a.get("/health/ready").json()["connected_nodes"] == []
+    wait_for(
+        lambda: (
+            node_a.get("/health/ready").json()["cluster"]["missing"]
+            == {f"{second}@{host}": "not running (its host's epmd does not know it)"}
+        ),
+        10,
+        "the first node to say why its peer is missing",
+    )
+    alone = node_a.get("/health/ready")
+    assert (alone.status, alone.json()["status"], alone.json()["connected_nodes"]) == (
+        503, "joining", [])  # fmt: skip
     node_b = launcher.start({**common, "RELEASE_NODE": second})
     wait_for(
         lambda: node_a.get("/health/ready").json()["connected_nodes"] == [f"{second}@{host}"],
         10,
         "the first node to connect to the late peer",
     )
+    assert node_a.get("/health/ready").status == 200
     assert node_b.get("/health/ready").json()["connected_nodes"] == [f"{first}@{host}"]
+    # A node with another cookie is refused, and its readiness says so.
+    intruder = launcher.start(
+        {**common, "RELEASE_COOKIE": f"other{suffix}", "RELEASE_NODE": f"sa_c{suffix}",
+         "CLUSTER_NODES": f"{first}@{host}", "READY_MIN_NODES": "1"}
+    )  # fmt: skip
+    wait_for(
+        lambda: intruder.get("/health/ready").json()["cluster"]["missing"]
+        == {f"{first}@{host}": "running, but the connection failed: a different cookie or TLS "
+            "settings"},
+        10,
+        "the node with the wrong cookie to say why it is alone",
+    )  # fmt: skip
+    assert intruder.get("/health/ready").status == 503
+    assert f"sa_c{suffix}@{host}" not in node_a.get("/health/ready").json()["connected_nodes"]
 
 
 def test_runs_unprivileged_without_system_erlang(launcher: Launcher, build: Build) -> None:

@@ -436,6 +436,42 @@ def test_status_reports_each_host(fleet: Fleet) -> None:
     assert "healthy: true" in run.output
 
 
+def cutovers(samples: dict[str, str], kind: str, result: str) -> int:
+    return int(samples[f'beamops_{kind}s_total{{app="sample_app",result="{result}"}}'])
+
+
+def test_every_cutover_left_its_metrics_and_its_event(fleet: Fleet) -> None:
+    """By now each host has seen successful deploys and rollbacks, a gate that refused a
+    release and releases switched back after the switch: node_exporter's textfile counts
+    each, names what serves, and the events log holds one JSON line per cutover."""
+    for name, host in fleet.hosts.items():
+        text = host.check_output("cat /var/lib/prometheus/node-exporter/beamops_sample_app.prom")
+        samples = dict(
+            line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#")
+        )
+        assert cutovers(samples, "deploy", "success") >= 3
+        assert cutovers(samples, "deploy", "gate_failed") >= 2
+        assert cutovers(samples, "deploy", "switched_back") >= 2
+        assert cutovers(samples, "rollback", "success") >= 3
+        active = fleet.state(name)["active"]
+        info = f'beamops_release_info{{app="sample_app",version="{active["version"]}",'
+        assert samples[info + f'slot="{active["slot"]}"}}'] == "1"
+        assert samples['beamops_deploy_state_proxy_drift{app="sample_app"}'] == "0"
+        events = [
+            json.loads(line)
+            for line in host.check_output(
+                "cat /var/log/beamops/sample_app-events.jsonl"
+            ).splitlines()
+        ]
+        counted = sum(
+            int(v) for k, v in samples.items() if k.startswith("beamops_") and "_total{" in k
+        )
+        assert len(events) == counted, (len(events), counted)
+        assert {e["result"] for e in events} >= {"success", "gate_failed", "switched_back"}
+        assert all(e["host"] == name and e["app"] == "sample_app" for e in events)
+        assert host.file("/var/log/beamops/sample_app-events.jsonl").mode == 0o640
+
+
 def test_state_file_never_holds_a_secret(fleet: Fleet) -> None:
     for host in fleet.hosts.values():
         text = host.file(STATE_FILE).content_string

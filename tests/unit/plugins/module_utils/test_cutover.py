@@ -4,6 +4,7 @@ command runner for systemctl/journalctl, a recording proxy for the switch. The r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -527,3 +528,41 @@ def test_nginx_route_offline_writes_and_tests_the_file_without_a_reload(tmp_path
     assert "server 127.0.0.1:4002 max_fails=0;" in (tmp_path / "up").read_text()
     assert commands.ran("nginx", "-t", "-q")
     assert not commands.ran("systemctl", "reload")
+
+
+def test_each_cutover_leaves_its_metrics_and_its_event_line(
+    tmp_path: Path, slots: Dict[str, ScriptedServer]
+) -> None:
+    """A success, then a gate that refuses: both counted, both logged, the textfile naming the
+    release that serves; a directory that cannot be written is a warning, not a failure."""
+    settings = dataclasses.replace(
+        make_settings(tmp_path, slots),
+        metrics_dir=str(tmp_path / "textfile"),
+        events_log=str(tmp_path / "log" / "demo-events.jsonl"),
+    )
+    slots["blue"].script("/health/ready", [READY])
+    proxy = RecordingProxy(settings)
+    ok = cutover(settings, Commands({("systemctl", "is-active"): (3, "")}), proxy).execute()
+    assert ok.result == "ok" and not ok.warnings
+    refused = cutover(
+        settings,
+        Commands({("systemctl", "is-active"): (3, ""), ("systemctl", "start"): (1, "")}),
+        proxy,
+        slot="green", version="0.1.0", from_slot="blue", from_version="0.2.0",
+    ).execute()  # fmt: skip
+    assert refused.result == "failed"
+    text = (tmp_path / "textfile" / "beamops_demo.prom").read_text()
+    assert 'beamops_deploys_total{app="demo",result="success"} 1' in text
+    assert 'beamops_deploys_total{app="demo",result="gate_failed"} 1' in text
+    assert 'beamops_release_info{app="demo",version="0.2.0",slot="blue"} 1' in text
+    events = (tmp_path / "log" / "demo-events.jsonl").read_text().splitlines()
+    assert [json.loads(e)["result"] for e in events] == ["success", "gate_failed"]
+    (tmp_path / "not-a-directory").write_text("")
+    blocked = dataclasses.replace(settings, metrics_dir=str(tmp_path / "not-a-directory"))
+    slots["green"].script("/health/ready", [READY])
+    again = cutover(
+        blocked, Commands({("systemctl", "is-active"): (3, "")}), RecordingProxy(blocked),
+        slot="green", version="0.1.0", from_slot="blue", from_version="0.2.0",
+    ).execute()  # fmt: skip
+    assert again.result == "ok"
+    assert any("deploy metrics and events were not written" in w for w in again.warnings)
