@@ -101,21 +101,33 @@ class Fleet:
             for name, host in self.hosts.items()
         }
 
-    def proxy_config_slot(self, name: str) -> str:
-        """The live slot as the proxy's own configuration records it."""
+    def _routing(self, name: str) -> tuple[str, str]:
+        """The live slot in the proxy's file, and in its running memory (HAProxy's map)."""
         host = self.hosts[name]
         upstream = host.file("/etc/nginx/conf.d/sample_app.upstream")
         if upstream.exists:
             # The first server line is the primary; a second one is the `backup` fallback.
             port = re.search(r"server 127\.0\.0\.1:(\d+)", upstream.content_string)
-            return {"4001": "blue", "4002": "green"}[port.group(1) if port else ""]
+            slot = {"4001": "blue", "4002": "green"}[port.group(1) if port else ""]
+            return slot, slot
         live = host.file("/etc/haproxy/sample_app-live.map").content_string.split()
         assert live[0] == "live", live
         runtime = host.check_output(
             "echo 'show map /etc/haproxy/sample_app-live.map' | socat - /run/haproxy/admin.sock"
         )
-        assert runtime.split()[-1] == live[1], (runtime, live)
-        return str(live[1].rsplit("_", 1)[1])
+        return live[1].rsplit("_", 1)[1], runtime.split()[-1].rsplit("_", 1)[1]
+
+    def proxy_config_slot(self, name: str) -> str:
+        """The live slot as the proxy's own configuration records it (file and memory agree)."""
+        in_file, in_memory = self._routing(name)
+        assert in_file == in_memory, (name, in_file, in_memory)
+        return in_file
+
+    def settled_slot(self, name: str) -> str:
+        """For polling during a switch: the live slot once file and memory agree, else "".
+        HAProxy's switch sets the map in memory first, then writes the file."""
+        in_file, in_memory = self._routing(name)
+        return in_file if in_file == in_memory else ""
 
     def exposure(self, name: str, unit: str) -> float:
         """`systemd-analyze security` of a loaded unit on the host: its overall exposure."""

@@ -380,7 +380,7 @@ def test_a_proxy_killed_during_the_watch_comes_back_and_the_deploy_goes_on(
     before = {name: proxy_pid(fleet, name) for name in HOSTS}
     with fleet.under_load() as load:
         run = fleet.start("deploy", *deploykit.release_args("0.3.0"), *watch)
-        wait_until(lambda: all(fleet.proxy_config_slot(n) == "blue" for n in HOSTS), 120,
+        wait_until(lambda: all(fleet.settled_slot(n) == "blue" for n in HOSTS), 120,
                    "both proxies to switch")  # fmt: skip
         for name in HOSTS:
             fleet.hosts[name].check_output(f"kill -9 {before[name]}")
@@ -418,7 +418,7 @@ def test_a_host_lost_mid_rollout_halts_it_and_a_plain_rerun_converges(fleet: Fle
     with fleet.under_load() as load:
         run = fleet.start("deploy", *deploykit.release_args("0.3.0"), "-e", "beamops_serial=1")
         try:
-            wait_until(lambda: fleet.proxy_config_slot("bo1") == "blue", 120, "bo1 to switch")
+            wait_until(lambda: fleet.settled_slot("bo1") == "blue", 120, "bo1 to switch")
             on_host("bo2", "systemctl stop ssh.service; pkill -KILL -x sshd || true")
             done = run.finish()
         finally:
@@ -466,7 +466,7 @@ def lock_taken(fleet: Fleet, before: Dict[str, str]) -> bool:
 
 
 def proxy_switched(fleet: Fleet, before: Dict[str, str]) -> bool:
-    return bool(fleet.proxy_config_slot("bo1") != before["bo1"])
+    return bool(fleet.settled_slot("bo1") not in ("", before["bo1"]))
 
 
 def recorded(fleet: Fleet, before: Dict[str, str]) -> bool:
@@ -548,7 +548,7 @@ def test_a_killed_rollback_is_finished_by_a_plain_rerun(fleet: Fleet, point: str
             if point == "after-the-lock":
                 wait_until(lambda: rollback_locked(fleet, target), 120, point)
             else:
-                wait_until(lambda: fleet.proxy_config_slot("bo1") == slot, 120, point)
+                wait_until(lambda: fleet.settled_slot("bo1") == slot, 120, point)
         finally:
             run.kill()
         wait_until(lambda: cutovers_done(fleet), 60, "the orphaned rollbacks to finish")
