@@ -51,6 +51,8 @@ SETTINGS_FILE_NAME = "cutover.json"
 # restarts it (the drop-ins proxy_setup writes); after a few seconds the cutover starts it.
 PROXY_RETURN_SECONDS = 15.0
 PROXY_START_AFTER_SECONDS = 3.0
+# How long a ready slot may wait for HAProxy's own check (every second) to call it UP.
+HAPROXY_ADMISSION_SECONDS = 10.0
 
 Run = Callable[[Sequence[str], float], "subprocess.CompletedProcess[str]"]
 Clock = Callable[[], float]
@@ -243,6 +245,13 @@ class Proxy:
         """Point the proxy's files at `primary` for when it starts; it is not running now."""
         raise NotImplementedError
 
+    def await_admission(self, slot: str, clock: Clock, sleep: Sleep) -> Optional[str]:
+        """Wait until the proxy itself would send `slot` traffic; the problem, or None.
+
+        A proxy without checks of its own admits a ready slot at once."""
+        del slot, clock, sleep
+        return None
+
     def start_observing(self, slot: str) -> None:
         raise NotImplementedError
 
@@ -427,6 +436,28 @@ class HaproxyProxy(Proxy):
                 return total, int(row.get("hrsp_5xx") or 0), row.get("status", "")
         return 0, 0, ""
 
+    def await_admission(self, slot: str, clock: Clock, sleep: Sleep) -> Optional[str]:
+        # HAProxy checks a stopped server every second and calls it DOWN until one check
+        # passes after the slot is ready. Switched to before that, HAProxy would send the
+        # traffic to the backup (the old slot) and the watch would take it for a failure:
+        # on a busy host that check can lag the readiness gate by more than a watch tick.
+        self._slot = slot
+        began, status = clock(), ""
+        while True:
+            try:
+                status = self._counters()[2]
+            except haproxy_runtime.RuntimeApiError as exc:
+                return f"HAProxy's runtime API did not answer: {exc}"
+            if status in {"UP", "no check"}:
+                return None
+            if clock() - began >= HAPROXY_ADMISSION_SECONDS:
+                return (
+                    f"HAProxy's own health check still called slot {slot} "
+                    f"{status or 'unknown'} {HAPROXY_ADMISSION_SECONDS:.0f}s after it answered "
+                    "ready (it checks every second: can HAProxy reach the slot's port?)"
+                )
+            sleep(0.1)
+
     def start_observing(self, slot: str) -> None:
         self._slot = slot
         total, errors, _unused = self._counters()
@@ -584,7 +615,7 @@ class Cutover:
         self._refuse_the_serving_slot()
         self._timed("drain_wait", lambda: wait_for_retirement(self.s, self.r.slot, self.run))
         linked = self._link(release_dir)
-        if not self._timed("start", lambda: self._start(linked)):
+        if not self._timed("start", lambda: self._start(linked)) or not self._admitted():
             return self._fail_before_switch()
         self.out.stage = "switch"
         try:
@@ -668,6 +699,15 @@ class Cutover:
         self.out.release_log = redact.redact_lines(lines, secrets_file)
         self._start_failure = gate or (done.stderr.strip() or f"systemctl {action} failed")
         return False
+
+    def _admitted(self) -> bool:
+        """The proxy's own verdict on the ready slot, before any traffic moves to it."""
+        refused = self._timed(
+            "admission", lambda: self.proxy.await_admission(self.r.slot, self.clock, self.sleep)
+        )
+        if refused:
+            self._start_failure = refused
+        return not refused
 
     def _ready_now(self) -> bool:
         config = self._probe_config(self.s.slot_url(self.r.slot), json_fields=self.s.json_fields)

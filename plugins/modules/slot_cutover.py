@@ -248,7 +248,7 @@ switch_back_ms:
   returned: when traffic was switched back
   type: int
 timings:
-  description: Seconds each step took (drain_wait, start, switch, watch, record, retire).
+  description: Seconds each step took (drain_wait, start, admission, switch, watch, record, retire).
   returned: always
   type: dict
 tools_changed:

@@ -146,7 +146,8 @@ def test_a_good_release_is_started_switched_watched_recorded_and_the_old_slot_re
     timer = next(c for c in commands.seen if c[0] == "systemd-run")
     assert "--on-active=2s" in timer and timer[-3:] == ["systemctl", "stop", "demo@green.service"]
     assert not commands.ran("systemctl", "stop", "demo@green.service")
-    assert set(out.timings) == {"drain_wait", "start", "switch", "watch", "record", "retire"}
+    steps = {"drain_wait", "start", "admission", "switch", "watch", "record", "retire"}
+    assert set(out.timings) == steps
     assert out.timings["watch"] >= settings.watch_seconds
 
 
@@ -385,6 +386,31 @@ def test_haproxy_sample_reads_the_server_s_counters_and_check(
     assert proxy.sample() == co.Traffic(responses=10, errors=8)
     client.answers["show stat"] = header + "demo_blue,blue,DOWN,12,8\n"
     assert "health check took slot blue out (DOWN)" in proxy.sample().down
+
+
+def test_haproxy_admits_a_slot_only_once_its_own_check_calls_it_up(
+    tmp_path: Path, slots: Dict[str, ScriptedServer]
+) -> None:
+    settings = make_settings(tmp_path, slots)
+    settings.proxy, settings.haproxy_map_file = "haproxy", str(tmp_path / "live.map")
+    header = "# pxname,svname,status,hrsp_2xx,hrsp_5xx\n"
+    statuses = iter(["DOWN", "DOWN", "UP"])
+    client = FakeClient({})
+    client.send = lambda command: header + f"demo_green,green,{next(statuses)},0,0\n"  # type: ignore[method-assign]
+    proxy = co.HaproxyProxy(settings, Commands(), client)  # type: ignore[arg-type]
+    now = [0.0]
+    naps: List[float] = []
+
+    def sleep(seconds: float) -> None:
+        naps.append(seconds)
+        now[0] += seconds
+
+    assert proxy.await_admission("green", lambda: now[0], sleep) is None
+    assert naps == [0.1, 0.1]
+    client.send = lambda command: header + "demo_green,green,DOWN,0,0\n"  # type: ignore[method-assign]
+    refused = proxy.await_admission("green", lambda: now[0], sleep)
+    assert refused is not None
+    assert "still called slot green DOWN 10s after it answered ready" in refused
 
 
 def test_a_drain_in_progress_is_waited_for(
