@@ -25,7 +25,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/build/collections
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help deps venv collection image hosts down release demo test unit lint bench clean
+.PHONY: help deps venv collection promtool image hosts down release demo test unit lint bench clean
 
 help:
 	@sed -n '2,3p' Makefile | sed 's/^# *//'
@@ -52,6 +52,17 @@ $(STAMP)/venv: requirements.txt constraints.txt $(STAMP)/deps
 	@$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.txt -c constraints.txt
 	@touch $@
 
+# promtool (Prometheus' rule checker and rule unit tests) from Debian's prometheus package,
+# unpacked without installing it: installing would start a Prometheus server on this machine.
+PROMTOOL := $(CURDIR)/build/tools/promtool
+promtool: $(PROMTOOL)
+$(PROMTOOL): $(STAMP)/deps
+	@rm -rf $(CURDIR)/build/tools/prometheus-deb && mkdir -p $(CURDIR)/build/tools/prometheus-deb
+	@cd $(CURDIR)/build/tools/prometheus-deb && apt-get download -qq prometheus 2>/dev/null \
+	  && dpkg-deb -x prometheus_*.deb root && rm -f prometheus_*.deb
+	@ln -sfn $(CURDIR)/build/tools/prometheus-deb/root/usr/bin/promtool $@
+	@$@ --version | head -1
+
 collection: $(CURDIR)/build/collections/ansible_collections/beamops/release
 $(CURDIR)/build/collections/ansible_collections/beamops/release:
 	@mkdir -p $(dir $@) $(CURDIR)/build/mypy_path/ansible_collections/beamops
@@ -73,7 +84,7 @@ release: deps
 demo: venv collection image
 	@$(BIN)/python tests/tools/demo.py
 
-unit: venv collection
+unit: venv collection promtool
 	@$(BIN)/pytest tests/unit -q
 
 lint: venv collection
@@ -88,6 +99,7 @@ test: collection
 	@$(STAGE) deps $(MAKE) --no-print-directory deps
 	@$(STAGE) venv $(MAKE) --no-print-directory venv
 	@$(STAGE) image $(MAKE) --no-print-directory image
+	@$(STAGE) promtool $(MAKE) --no-print-directory promtool
 	@$(BIN)/pytest tests --durations=15
 
 clean: down

@@ -41,6 +41,8 @@ ROLE_ORDER = [
     "systemd_service",
     "traffic_switch",
     "bluegreen",
+    "migration",
+    "monitoring",
 ]
 MARKUP = re.compile(r"\b[COVI]\(([^)]*)\)")
 # Names the roles pass to each other start with `__beamops_`: private, left out of the table.

@@ -15,7 +15,7 @@ from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 from ansible_collections.beamops.release.plugins.module_utils import input_checks
 
-EXTRA_NAMES = ("rollback_to",)
+EXTRA_NAMES = ("rollback_to", "__beamops_scrape_allow")
 
 
 class ActionModule(ActionBase):  # type: ignore[misc]

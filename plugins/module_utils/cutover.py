@@ -47,6 +47,7 @@ JOURNAL_LINES = 12
 # systemd's own messages about the unit, and the gate's, are not the release's words.
 GATE_PREFIX = health_probe.GATE_PREFIX
 SETTINGS_FILE_NAME = "cutover.json"
+JOURNAL_DROPIN = "50-beamops-version.conf"
 # How long a watch waits for a proxy that stopped (killed, crashed) to be back: systemd
 # restarts it (the drop-ins proxy_setup writes); after a few seconds the cutover starts it.
 PROXY_RETURN_SECONDS = 15.0
@@ -113,6 +114,8 @@ class Settings:
     # not at all. See deploy_metrics.
     metrics_dir: str = ""
     events_log: str = ""
+    # Where the slot unit's drop-ins go: one names the release in every journal line.
+    unit_dir: str = "/etc/systemd/system"
 
     def problems(self) -> List[str]:
         found: List[str] = []
@@ -494,6 +497,9 @@ class Request:
     restart: bool = False  # the slot's configuration or unit changed: restart it if running
     run_id: Optional[str] = None
     host: str = ""
+    # Stop once the slot is ready, before the switch (the after_gate hooks run then; a second
+    # call finds the slot running this release and only switches and watches).
+    hold: bool = False
 
     def problems(self) -> List[str]:
         found = []
@@ -521,6 +527,8 @@ class Outcome:
     timings: Dict[str, float] = dataclasses.field(default_factory=dict)
     release_log: List[str] = dataclasses.field(default_factory=list)
     warnings: List[str] = dataclasses.field(default_factory=list)
+    # What runs afterwards, for scrape targets: {"live": {"slot", "version"} or None, "idle": ...}
+    serving: Dict[str, Optional[Dict[str, str]]] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -556,17 +564,43 @@ class Cutover:
     # ----------------------------------------------------------------- entry point
 
     def execute(self, check_mode: bool = False) -> Outcome:
+        problems = self.r.problems()
+        if problems:
+            raise CutoverError("; ".join(problems))
         if check_mode:
-            return self._execute(check_mode)
+            self.out.changed = True
+            self.out.stage = "done"
+            self.out.msg = self._what() + " would be started, switched to and watched"
+            return self.out
         started_at = self.wall()
         with release_state.cutover_in_progress(self.s.state_path):
-            outcome = self._execute(check_mode)
-        self._publish(started_at)
+            outcome = self._execute()
+        outcome.serving = self._serving_afterwards()
+        if not (self.r.hold and outcome.result == "ok"):
+            self._publish(started_at)  # a held slot's cutover finishes with the next call
         return outcome
 
+    def _serving_afterwards(self) -> Dict[str, Optional[Dict[str, str]]]:
+        """The slot that serves and the one kept running idle (warm), after this cutover.
+
+        A retired old slot still drains for a few seconds: it no longer counts as running."""
+        ok = self.out.result == "ok" and not self.r.hold
+        live = (self.r.slot, self.r.version) if ok else (self.r.from_slot, self.r.from_version)
+        idle = (self.r.from_slot, self.r.from_version) if ok and self.s.keep_old_warm else ("", "")
+        return {
+            role: {"slot": slot, "version": version} if slot else None
+            for role, (slot, version) in (("live", live), ("idle", idle))
+        }
+
     def _publish(self, started_at: float) -> None:
-        """Metrics and the event line: never a reason to fail a cutover, only a warning."""
-        if not (self.s.metrics_dir or self.s.events_log):
+        """Metrics, the event line and the webhooks: never a reason to fail a cutover, only a
+        warning; a webhook delays it by its own timeout at most."""
+        try:
+            hooks = deploy_metrics.load_webhooks(self.s.config_dir)
+        except (OSError, ValueError) as exc:
+            hooks = []
+            self.out.warnings.append(f"webhooks were not sent: {exc}")
+        if not (self.s.metrics_dir or self.s.events_log or hooks):
             return
         try:
             state, _missing = release_state.read_state(self.s.state_path)
@@ -599,24 +633,25 @@ class Cutover:
             deploy_metrics.publish(record, serving, self.s.metrics_dir, self.s.events_log)
         except (OSError, ValueError, release_state.ReleaseStateError) as exc:
             self.out.warnings.append(f"deploy metrics and events were not written: {exc}")
+            return
+        self.out.warnings += deploy_metrics.notify(hooks, record, serving)
 
-    def _execute(self, check_mode: bool) -> Outcome:
-        problems = self.r.problems()
-        if problems:
-            raise CutoverError("; ".join(problems))
+    def _execute(self) -> Outcome:
         release_dir = os.path.join(self.s.base_dir, "releases", self.r.version)
-        if not os.path.isdir(release_dir) and not check_mode:
+        if not os.path.isdir(release_dir):
             raise CutoverError(f"release {self.r.version} is not installed ({release_dir})")
-        if check_mode:
-            self.out.changed = True
-            self.out.stage = "done"
-            self.out.msg = self._what() + " would be started, switched to and watched"
-            return self.out
         self._refuse_the_serving_slot()
         self._timed("drain_wait", lambda: wait_for_retirement(self.s, self.r.slot, self.run))
         linked = self._link(release_dir)
+        self._label_journal()
         if not self._timed("start", lambda: self._start(linked)) or not self._admitted():
             return self._fail_before_switch()
+        if self.r.hold:
+            self.out.stage = "gate"
+            self.out.msg = (
+                f"{self._what()} is ready; traffic not moved yet (held before the switch)"
+            )
+            return self.out
         self.out.stage = "switch"
         try:
             self._timed("switch", self._switch)
@@ -676,6 +711,22 @@ class Cutover:
         os.replace(temp, link)
         self.out.changed = True
         return True
+
+    def _label_journal(self) -> None:
+        """Every journal line of the slot carries the release's version (BEAMOPS_VERSION), so
+        `journalctl -t <app>-<slot> BEAMOPS_VERSION=<version>` finds what one release said.
+        A drop-in of the slot's instance; systemd reads it at the (re)start that follows."""
+        unit = self.s.unit(self.r.slot)
+        path = os.path.join(self.s.unit_dir, f"{unit}.d", JOURNAL_DROPIN)
+        text = (
+            "# Managed by beamops.release (slot_cutover): the release this slot runs.\n"
+            f"[Service]\nLogExtraFields=BEAMOPS_VERSION={self.r.version}\n"
+        )
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        if write_if_changed(path, text, 0o644):
+            # A warm slot already running this release is not restarted for it: it carries
+            # the field from its next start (it was written when it last started, normally).
+            self.run(["systemctl", "daemon-reload"], 60)
 
     def _start(self, linked: bool) -> bool:
         """Start (or restart) the slot through its unit's readiness gate; True when ready."""

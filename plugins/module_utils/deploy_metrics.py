@@ -17,11 +17,17 @@ Pure standard library, Python 3.8+.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import datetime
+import http.client
 import json
 import os
 import tempfile
-from typing import Any, Dict, List, Mapping, Optional
+import threading
+import time
+import urllib.parse
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 # A cutover's result as the metrics and events name it.
 RESULTS = ("success", "gate_failed", "switched_back", "failed")
@@ -207,3 +213,203 @@ def publish(
             handle.write(event_line(cutover, serving))
         written.append(events_log)
     return written
+
+
+def lock_path(metrics_dir: str, app: str) -> str:
+    return os.path.join(metrics_dir, f"beamops_{app}_lock.prom")
+
+
+def parse_lock_since(text: str) -> Optional[float]:
+    """The lock's `since` (ISO-8601 UTC, `Z`) as a Unix timestamp; None when unreadable."""
+    try:
+        return (
+            datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+            .replace(tzinfo=datetime.timezone.utc)
+            .timestamp()
+        )
+    except (TypeError, ValueError):
+        return None
+
+
+def render_lock(app: str, lock: Optional[Mapping[str, Any]]) -> str:
+    """Whether the deploy lock is held, and since when and by whom (for "held too long")."""
+    lines: List[str] = []
+    _metric(lines, "beamops_deploy_lock_held", "gauge",
+            "1 while a run or an operator holds the host's deploy lock.")  # fmt: skip
+    lines.append(f"beamops_deploy_lock_held{_labels(app=app)} {1 if lock else 0}")
+    since = parse_lock_since(str(lock.get("since", ""))) if lock else None
+    if lock and since is not None:
+        _metric(lines, "beamops_deploy_lock_since_timestamp_seconds", "gauge",
+                "When the held deploy lock was taken; absent when none is held.")  # fmt: skip
+        labels = _labels(
+            app=app, holder=str(lock.get("holder", "")), purpose=str(lock.get("purpose", ""))
+        )
+        lines.append(f"beamops_deploy_lock_since_timestamp_seconds{labels} {_number(since)}")
+    return "\n".join(lines) + "\n"
+
+
+def publish_lock(metrics_dir: str, app: str, lock: Optional[Mapping[str, Any]]) -> str:
+    """Replace <metrics_dir>/beamops_<app>_lock.prom atomically; return its path."""
+    os.makedirs(metrics_dir, mode=0o755, exist_ok=True)
+    path = lock_path(metrics_dir, app)
+    _replace(path, render_lock(app, lock), 0o644)
+    return path
+
+
+# --------------------------------------------------------------------------- webhooks
+# Kept apart from the cutover settings (0644): a webhook's URL or headers often hold a token.
+WEBHOOKS_FILE_NAME = "webhooks.json"
+WEBHOOK_BACKOFF_SECONDS = 0.5
+
+
+@dataclasses.dataclass
+class Webhook:
+    """One generic JSON POST per cutover: Slack's incoming webhooks read its `text`, Grafana's
+    annotation API its `time`, `text` and `tags`; every event field is there too."""
+
+    url: str
+    timeout: float = 5.0  # for all attempts together: the most it may delay the run
+    retries: int = 2
+    headers: Dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def where(self) -> str:
+        """The URL without its path and query, which may hold a token."""
+        parsed = urllib.parse.urlsplit(self.url)
+        return f"{parsed.scheme}://{parsed.netloc.rsplit('@', 1)[-1]}"
+
+
+def webhooks_from(raw: object) -> List[Webhook]:
+    if not isinstance(raw, list):
+        raise ValueError(f"webhooks must be a list, got {type(raw).__name__}")
+    hooks = []
+    for index, entry in enumerate(raw):
+        if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
+            raise ValueError(f"webhooks[{index}] must be a mapping with a url")
+        if not entry["url"].startswith(("http://", "https://")):
+            raise ValueError(f"webhooks[{index}].url must start with http:// or https://")
+        hooks.append(
+            Webhook(
+                url=entry["url"],
+                timeout=float(entry.get("timeout", 5.0)),
+                retries=int(entry.get("retries", 2)),
+                headers={str(k): str(v) for k, v in (entry.get("headers") or {}).items()},
+            )
+        )
+    return hooks
+
+
+def save_webhooks(config_dir: str, hooks: Sequence[Webhook]) -> bool:
+    """<config_dir>/webhooks.json (root, 0600), removed when there are none; True if changed."""
+    path = os.path.join(config_dir, WEBHOOKS_FILE_NAME)
+    if not hooks:
+        if os.path.exists(path):
+            os.unlink(path)
+            return True
+        return False
+    text = json.dumps([dataclasses.asdict(h) for h in hooks], sort_keys=True) + "\n"
+    try:
+        with open(path, encoding="utf-8") as handle:
+            if handle.read() == text:
+                return False
+    except OSError:
+        pass
+    os.makedirs(config_dir, mode=0o755, exist_ok=True)
+    _replace(path, text, 0o600)
+    return True
+
+
+def load_webhooks(config_dir: str) -> List[Webhook]:
+    path = os.path.join(config_dir, WEBHOOKS_FILE_NAME)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return webhooks_from(json.load(handle))
+    except FileNotFoundError:
+        return []
+
+
+def webhook_body(cutover: Cutover, serving: Serving) -> bytes:
+    record = json.loads(event_line(cutover, serving))
+    record["text"] = (
+        f"{cutover.app} on {cutover.host or 'a host'}: {cutover.event} of {cutover.version} "
+        f"(from {cutover.from_version or 'nothing'}) {cutover.result}; serving "
+        f"{serving.version or 'nothing'}"
+    )
+    record["time"] = int(cutover.ended_at * 1000)
+    record["tags"] = ["beamops", cutover.app, cutover.event, cutover.result]
+    return json.dumps(record, sort_keys=True).encode("utf-8")
+
+
+Post = Callable[[str, bytes, Dict[str, str], float], int]
+
+
+def _post(url: str, body: bytes, headers: Dict[str, str], timeout: float) -> int:
+    """One POST with http.client (the module_utils also run outside Ansible, on the host's
+    rollback command, so not Ansible's open_url); the answer's status."""
+    parts = urllib.parse.urlsplit(url)
+    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    host = parts.hostname or ""
+    connection = kind(host, parts.port, timeout=timeout)
+    try:
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if parts.username is not None:
+            credentials = f"{parts.username}:{parts.password or ''}".encode()
+            headers = {
+                "Authorization": "Basic " + base64.b64encode(credentials).decode(),
+                **headers,
+            }
+        connection.request("POST", path, body=body, headers=headers)
+        return int(connection.getresponse().status)
+    finally:
+        connection.close()
+
+
+def _deliver(hook: Webhook, body: bytes, post: Post, outcome: List[str]) -> None:
+    """Attempts until one answers 2xx or the hook's time is spent; the last problem, if any."""
+    deadline = time.monotonic() + hook.timeout
+    problem = "no attempt"
+    for attempt in range(hook.retries + 1):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        headers = {"Content-Type": "application/json", **hook.headers}
+        try:
+            status = post(hook.url, body, headers, left)
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            problem = str(exc) or type(exc).__name__
+        else:
+            if 200 <= status < 300:
+                outcome.append("")
+                return
+            problem = f"HTTP {status}"
+        if attempt < hook.retries:
+            time.sleep(min(WEBHOOK_BACKOFF_SECONDS, max(0.0, deadline - time.monotonic())))
+    outcome.append(problem)
+
+
+def notify(
+    hooks: Sequence[Webhook], cutover: Cutover, serving: Serving, post: Post = _post
+) -> List[str]:
+    """POST the event to every hook at once; each gets at most its own timeout. Returns a
+    warning per hook that failed or did not answer in time (never its URL's path)."""
+    body = webhook_body(cutover, serving)
+    runs = []
+    for hook in hooks:
+        outcome: List[str] = []
+        thread = threading.Thread(target=_deliver, args=(hook, body, post, outcome), daemon=True)
+        thread.start()
+        runs.append((hook, thread, outcome, time.monotonic() + hook.timeout))
+    warnings = []
+    for hook, thread, outcome, deadline in runs:
+        # A hook that hangs is left behind: its thread dies with this process.
+        thread.join(max(0.0, deadline - time.monotonic()) + 0.05)
+        if thread.is_alive() or not outcome:
+            warnings.append(
+                f"webhook {hook.where()} did not answer within {hook.timeout:g} s; "
+                "the cutover did not wait for it"
+            )
+        elif outcome[0]:
+            warnings.append(
+                f"webhook {hook.where()} failed after {hook.retries + 1} attempt(s) within "
+                f"{hook.timeout:g} s: {outcome[0]}"
+            )
+    return warnings

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import ipaddress
+import os
 import re
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
@@ -335,11 +336,14 @@ def _slot_ports(inputs: Inputs, name: str, default: Mapping[str, int]) -> Iterat
 @rule(
     "Ports",
     "`beamops_slot_ports` and (with distribution) `beamops_dist_ports` each map exactly `blue` "
-    "and `green`; those ports and `beamops_proxy_port` are integers from 1 to 65535, all "
-    f"distinct, and none is epmd's {EPMD_PORT}.",
+    "and `green`; those ports, `beamops_proxy_port` and a non-zero `beamops_scrape_port` are "
+    f"integers from 1 to 65535, all distinct, and none is epmd's {EPMD_PORT}.",
 )
 def _check_ports(inputs: Inputs) -> Iterator[str]:
     ports: List[Tuple[str, Any]] = [("beamops_proxy_port", inputs.get("beamops_proxy_port", 80))]
+    scrape_port = inputs.get("beamops_scrape_port", 0)
+    if scrape_port != 0:
+        ports.append(("beamops_scrape_port", scrape_port))
     maps = [("beamops_slot_ports", {"blue": 4001, "green": 4002})]
     if inputs.get("beamops_release_distribution", "sname") != "none":
         maps.append(("beamops_dist_ports", {"blue": 9101, "green": 9102}))
@@ -404,6 +408,103 @@ def _check_distribution(inputs: Inputs) -> Iterator[str]:
                 yield (
                     f"{name}: got {what}; expected PEM text (-----BEGIN ...), as "
                     "beamops_dist_tls is true"
+                )
+
+
+def _ipv4_network(value: object) -> bool:
+    try:
+        ipaddress.IPv4Network(str(value), strict=False)
+    except ValueError:
+        return False
+    return isinstance(value, str)
+
+
+@rule(
+    "Monitoring",
+    "`beamops_prometheus_group` empty or an inventory group, whose hosts' `ansible_host` are "
+    "IPv4 addresses (the scrape listener allows them); with a scrape listener "
+    "(`beamops_scrape_port` not 0), `beamops_scrape_address` an IPv4 address; "
+    "`beamops_scrape_allow` IPv4 addresses or networks; `beamops_metrics_path` an absolute URL "
+    "path.",
+)
+def _check_monitoring(inputs: Inputs) -> Iterator[str]:
+    group = inputs.get("beamops_prometheus_group", "")
+    groups = inputs.get("__inventory_groups", [])
+    if group and isinstance(groups, (list, tuple)) and group not in groups:
+        yield f"beamops_prometheus_group: {shown(group)} is not a group of the inventory"
+    if inputs.get("beamops_scrape_port", 0) != 0:
+        address = inputs.get("beamops_scrape_address", "127.0.0.1")
+        try:
+            ipaddress.IPv4Address(str(address))
+        except ValueError:
+            yield (
+                f"beamops_scrape_address: got {shown(address)}; expected an IPv4 address (the "
+                "proxy's scrape listener; it defaults to ansible_host)"
+            )
+        allowed = inputs.get("__beamops_scrape_allow", [])
+        for entry in allowed if isinstance(allowed, list) else [allowed]:
+            if not _ipv4_network(entry):
+                yield (
+                    f"scrape allow list: got {shown(entry)}; expected IPv4 addresses or networks "
+                    "(beamops_scrape_allow, and the ansible_host of each host of "
+                    "beamops_prometheus_group)"
+                )
+    path = inputs.get("beamops_metrics_path", "/metrics")
+    if not isinstance(path, str) or not URL_PATH.fullmatch(path):
+        yield (
+            f"beamops_metrics_path: got {shown(path)}; expected an absolute URL path such as "
+            "/metrics"
+        )
+
+
+@rule(
+    "Webhooks",
+    "`beamops_webhooks`: a list of mappings, each with a `url` starting `http://` or `https://`, "
+    "a `timeout` above 0 and `retries` of 0 or more (a URL is named by its scheme and host only: "
+    "its path may hold a token).",
+)
+def _check_webhooks(inputs: Inputs) -> Iterator[str]:
+    hooks = inputs.get("beamops_webhooks", [])
+    if not isinstance(hooks, list):
+        yield "beamops_webhooks: expected a list of {url, timeout, retries, headers}"
+        return
+    for index, hook in enumerate(hooks):
+        where = f"beamops_webhooks[{index}]"
+        url = hook.get("url") if isinstance(hook, Mapping) else None
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            yield f"{where}.url: expected an http:// or https:// URL"
+            continue
+        timeout = hook.get("timeout", 5)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            yield f"{where}.timeout: got {shown(timeout)}; expected seconds above 0"
+        retries = hook.get("retries", 2)
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            yield f"{where}.retries: got {shown(retries)}; expected 0 or more"
+
+
+HOOK_POINTS = ("before_start", "after_gate", "after_switch", "after_retire", "on_failure")
+
+
+@rule(
+    "Hooks",
+    f"`beamops_hooks`: a mapping from hook points ({', '.join(HOOK_POINTS)}) to lists of "
+    "task files, each an absolute path to a file that exists on the controller.",
+)
+def _check_hooks(inputs: Inputs) -> Iterator[str]:
+    hooks = inputs.get("beamops_hooks", {})
+    if not isinstance(hooks, Mapping):
+        yield f"beamops_hooks: got {shown(hooks)}; expected a mapping of hook points to task files"
+        return
+    for point, files in hooks.items():
+        if point not in HOOK_POINTS:
+            points = ", ".join(HOOK_POINTS)
+            yield f"beamops_hooks.{point}: not a hook point; expected one of {points}"
+            continue
+        for path in files if isinstance(files, list) else [files]:
+            if not isinstance(path, str) or not os.path.isabs(path) or not os.path.isfile(path):
+                yield (
+                    f"beamops_hooks.{point}: got {shown(path)}; expected the absolute path of a "
+                    'task file on the controller, e.g. "{{ inventory_dir }}/hooks/notify.yml"'
                 )
 
 

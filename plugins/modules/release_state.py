@@ -152,6 +152,18 @@ options:
     type: list
     elements: str
     default: []
+  metrics_dir:
+    description:
+      - For I(action=lock) and I(action=unlock), node_exporter's textfile directory -
+        C(beamops_<app>_lock.prom) there says whether the lock is held, since when, by whom and
+        why (C(beamops_deploy_lock_held), C(beamops_deploy_lock_since_timestamp_seconds)).
+      - Empty (or no I(app)) - not written. A failed write is a warning.
+    type: path
+    default: ""
+  app:
+    description: The application the lock metrics are labelled with (with I(metrics_dir)).
+    type: str
+    default: ""
   routing:
     description:
       - For I(action=read) and I(action=lock), where the host's proxy says which slot it routes
@@ -463,9 +475,10 @@ missing:
   elements: str
 """
 
-from typing import Any, Dict  # noqa: E402 - after the documentation blocks, as ansible expects
+from typing import Any, Dict, Optional  # noqa: E402 - after the documentation blocks, as ansible expects
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.beamops.release.plugins.module_utils import deploy_metrics  # noqa: E402
 from ansible_collections.beamops.release.plugins.module_utils.release_state import (  # noqa: E402
     ACTIONS,
     MARKABLE_STATUSES,
@@ -498,6 +511,8 @@ ARGUMENT_SPEC: Dict[str, Dict[str, Any]] = {
     "keep": {"type": "int"},
     "protect": {"type": "list", "elements": "str", "default": []},
     "routing": {"type": "dict"},
+    "metrics_dir": {"type": "path", "default": ""},
+    "app": {"type": "str", "default": ""},
 }
 
 REQUIRED_IF = [
@@ -508,6 +523,17 @@ REQUIRED_IF = [
     ("action", "record_event", ["event"]),
     ("action", "prune", ["keep"]),
 ]
+
+
+def publish_lock_metrics(module: AnsibleModule, lock: Optional[Dict[str, Any]]) -> None:
+    """The lock for monitoring ("held too long"); never a reason to fail the lock itself."""
+    metrics_dir, app = module.params["metrics_dir"], module.params["app"]
+    if not (metrics_dir and app):
+        return
+    try:
+        deploy_metrics.publish_lock(metrics_dir, app, lock)
+    except OSError as exc:
+        module.warn(f"the deploy lock's metrics were not written in {metrics_dir}: {exc}")
 
 
 def main() -> None:
@@ -527,6 +553,8 @@ def main() -> None:
     diff = result.pop("diff")
     for warning in result.pop("warnings"):
         module.warn(warning)
+    if request.action in ("lock", "unlock") and not module.check_mode:
+        publish_lock_metrics(module, result.get("lock"))
     if module._diff:
         result["diff"] = diff
     module.exit_json(**result)

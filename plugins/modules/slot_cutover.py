@@ -73,6 +73,13 @@ options:
     description: Name used in messages (the inventory host).
     type: str
     default: ""
+  hold:
+    description:
+      - Stop once the slot is ready (gate passed, the proxy admits it), before the switch -
+        RV(stage) C(gate). The bluegreen role runs the C(after_gate) hooks then, and calls
+        again - the slot runs this release, so that call only probes it, switches and watches.
+    type: bool
+    default: false
   base_dir:
     description: Holds C(releases/) and C(slots/).
     type: path
@@ -186,6 +193,34 @@ options:
         result, the time of each step). Empty - none.
     type: str
     default: ""
+  webhooks:
+    description:
+      - After each cutover, one JSON POST per entry (the event's fields, plus C(text), C(time) in
+        milliseconds and C(tags), so Slack's incoming webhooks and Grafana's annotation API take
+        it as it is). Sent from the host, all at once.
+      - A webhook that fails or hangs never fails the cutover and delays it by its C(timeout) at
+        most; a warning names its scheme and host (never its path, which may hold a token).
+      - Kept for the on-host rollback command in C(<config_dir>/webhooks.json) (root, 0600).
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      url:
+        description: Where to POST (C(http://) or C(https://)).
+        type: str
+        required: true
+      timeout:
+        description: Seconds for all attempts together.
+        type: float
+        default: 5
+      retries:
+        description: Attempts after the first, 0.5 s apart, within the timeout.
+        type: int
+        default: 2
+      headers:
+        description: Extra request headers, e.g. C(Authorization) for Grafana.
+        type: dict
+        default: {}
 notes:
   - Runs as root on the managed host; needs systemd, and nginx or HAProxy configured by the
     C(beamops.release.traffic_switch) role.
@@ -247,6 +282,13 @@ switch_back_ms:
   description: Milliseconds from the failing verdict to the proxy routing to the old slot.
   returned: when traffic was switched back
   type: int
+serving:
+  description:
+    - What runs after the cutover, for the scrape targets (role monitoring).
+    - C(live) and C(idle) (the old slot kept warm), each C(slot) and C(version) or null.
+  returned: always
+  type: dict
+  sample: {"live": {"slot": "green", "version": "0.2.0"}, "idle": null}
 timings:
   description: Seconds each step took (drain_wait, start, admission, switch, watch, record, retire).
   returned: always
@@ -279,6 +321,7 @@ from_version:
 from typing import Any, Dict, List  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.beamops.release.plugins.module_utils import deploy_metrics  # noqa: E402
 from ansible_collections.beamops.release.plugins.module_utils.cutover import (  # noqa: E402
     Cutover,
     CutoverError,
@@ -302,6 +345,7 @@ REQUEST_OPTIONS = (
     "restart",
     "run_id",
     "host",
+    "hold",
 )
 
 ARGUMENT_SPEC: Dict[str, Dict[str, Any]] = {
@@ -314,6 +358,7 @@ ARGUMENT_SPEC: Dict[str, Dict[str, Any]] = {
     "restart": {"type": "bool", "default": False},
     "run_id": {"type": "str"},
     "host": {"type": "str", "default": ""},
+    "hold": {"type": "bool", "default": False},
     "base_dir": {"type": "path", "required": True},
     "state_path": {"type": "path", "required": True},
     "config_dir": {"type": "path", "required": True},
@@ -340,12 +385,24 @@ ARGUMENT_SPEC: Dict[str, Dict[str, Any]] = {
     "helper_dir": {"type": "path", "default": "/usr/local/lib/beamops"},
     "metrics_dir": {"type": "str", "default": ""},
     "events_log": {"type": "str", "default": ""},
+    "webhooks": {
+        "type": "list",
+        "elements": "dict",
+        "default": [],
+        "no_log": True,
+        "options": {
+            "url": {"type": "str", "required": True, "no_log": True},
+            "timeout": {"type": "float", "default": 5.0},
+            "retries": {"type": "int", "default": 2},
+            "headers": {"type": "dict", "default": {}, "no_log": True},
+        },
+    },
 }
 
 
 def split_params(params: Dict[str, Any]) -> tuple[Dict[str, Any], Request]:
     """The module's flat parameters as cutover settings and the request."""
-    settings = {k: v for k, v in params.items() if k not in REQUEST_OPTIONS}
+    settings = {k: v for k, v in params.items() if k not in (*REQUEST_OPTIONS, "webhooks")}
     for key in ("nginx_upstream_file", "nginx_access_log", "haproxy_map_file"):
         settings[key] = settings[key] or ""
     request = Request(**{k: params[k] for k in REQUEST_OPTIONS})
@@ -358,14 +415,16 @@ def main() -> None:
     tools: List[str] = []
     try:
         settings = settings_from_dict(raw)
+        hooks = deploy_metrics.webhooks_from(module.params["webhooks"])
         if not module.check_mode:
             # The gate must be in place before the slot starts.
             tools = install(settings.helper_dir, settings.app, settings.config_dir)
+            deploy_metrics.save_webhooks(settings.config_dir, hooks)
         cutover = Cutover(settings, request)
         outcome = cutover.execute(check_mode=module.check_mode)
         if not module.check_mode:
             save_settings(settings)
-    except (CutoverError, ReleaseStateError, OSError) as exc:
+    except (CutoverError, ReleaseStateError, OSError, ValueError) as exc:
         module.fail_json(msg=f"{request.host or 'host'}: {exc}. Traffic was not moved.")
     result = outcome.to_dict()
     result["tools_changed"] = tools

@@ -110,6 +110,13 @@ switched_back:
   description: Whether traffic went back to the slot that served.
   returned: unless planned
   type: bool
+serving:
+  description:
+    - What runs after the cutover, for the scrape targets (role monitoring).
+    - C(live) and C(idle) (the old slot kept warm), each C(slot) and C(version) or null.
+  returned: unless planned
+  type: dict
+  sample: {"live": {"slot": "green", "version": "0.2.0"}, "idle": null}
 timings:
   description: Seconds each step took.
   returned: unless planned
@@ -185,6 +192,7 @@ def main() -> None:
         stage=outcome.stage,
         switched_back=outcome.switched_back,
         timings=outcome.timings,
+        serving=outcome.serving,
     )
 
 

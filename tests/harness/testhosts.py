@@ -73,6 +73,7 @@ TEMPLATE_PACKAGES: tuple[str, ...] = (
     "nginx",
     "haproxy",
     "prometheus",
+    "prometheus-node-exporter",  # its textfile collector carries the deploy metrics
     # shared libraries an OTP release with bundled ERTS links against
     "libssl3",
     "libstdc++6",

@@ -39,6 +39,12 @@ defmodule SampleApp.Metrics do
         "HTTP responses by path and status.",
         request_samples()
       ),
+      family(
+        "sample_app_cluster_connected_nodes",
+        "gauge",
+        "Erlang nodes this node is connected to (its cluster peers).",
+        [{[], length(Node.list())}]
+      ),
       family("sample_app_uptime_seconds", "gauge", "Seconds since the application started.", [
         {[], Health.uptime_seconds()}
       ]),

@@ -103,6 +103,7 @@ def make_settings(tmp_path: Path, slots: Dict[str, ScriptedServer]) -> co.Settin
         watch_failure_threshold=2,
         probe_timeout=1.0,
         drain_seconds=2.0,
+        unit_dir=str(tmp_path / "systemd"),
     )
 
 
@@ -149,6 +150,13 @@ def test_a_good_release_is_started_switched_watched_recorded_and_the_old_slot_re
     steps = {"drain_wait", "start", "admission", "switch", "watch", "record", "retire"}
     assert set(out.timings) == steps
     assert out.timings["watch"] >= settings.watch_seconds
+    # The slot's journal lines name the release it runs (a drop-in read at its start).
+    dropin = Path(settings.unit_dir) / "demo@blue.service.d" / co.JOURNAL_DROPIN
+    assert "LogExtraFields=BEAMOPS_VERSION=0.2.0" in dropin.read_text()
+    reload_at = commands.seen.index(["systemctl", "daemon-reload"])
+    assert reload_at < commands.seen.index(["systemctl", "start", "demo@blue.service"])
+    # The retired slot drains for a while yet: no longer a scrape target.
+    assert out.serving == {"live": {"slot": "blue", "version": "0.2.0"}, "idle": None}
 
 
 def test_a_slot_that_fails_its_gate_is_stopped_with_the_release_s_own_words(
@@ -206,6 +214,8 @@ def test_a_failure_after_the_switch_switches_back_within_the_threshold(
     commands = Commands({("systemctl", "is-active"): (3, "")})
     out = cutover(settings, commands, proxy).execute()
     assert (out.result, out.stage, out.switched_back) == ("failed", "watch", True), out.msg
+    assert out.serving["live"] is not None and out.serving["live"]["slot"] == "green"
+    assert out.serving["idle"] is None
     assert [(p, f) for p, f, _unused in proxy.routes] == [("blue", "green"), ("green", None)]
     assert problem in out.msg and "traffic switched back to slot green (0.1.0)" in out.msg
     assert out.switch_back_ms is not None and out.switch_back_ms < 100
@@ -592,3 +602,21 @@ def test_each_cutover_leaves_its_metrics_and_its_event_line(
     ).execute()  # fmt: skip
     assert again.result == "ok"
     assert any("deploy metrics and events were not written" in w for w in again.warnings)
+
+
+def test_a_held_cutover_stops_ready_before_the_switch_and_the_next_call_switches(
+    tmp_path: Path, slots: Dict[str, ScriptedServer]
+) -> None:
+    settings = make_settings(tmp_path, slots)
+    slots["blue"].script("/health/ready", [READY])
+    commands = Commands({("systemctl", "is-active"): (3, "inactive\\n")})
+    proxy = RecordingProxy(settings)
+    held = cutover(settings, commands, proxy, hold=True).execute()
+    assert (held.result, held.stage) == ("ok", "gate"), held.msg
+    assert "traffic not moved yet" in held.msg and proxy.routes == []
+    assert held.serving["live"] is not None and held.serving["live"]["slot"] == "green"
+    assert not os.path.exists(os.path.join(settings.metrics_dir or str(tmp_path), "x"))
+    running = Commands({("systemctl", "is-active"): (0, "active\\n")})
+    done = cutover(settings, running, proxy).execute()
+    assert (done.result, done.stage, done.started) == ("ok", "done", "already running"), done.msg
+    assert [p for p, _f, _unused in proxy.routes] == ["blue"]

@@ -7,7 +7,11 @@ import dataclasses
 import json
 import re
 import stat
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 from ansible_collections.beamops.release.plugins.module_utils import deploy_metrics as dm
@@ -97,3 +101,159 @@ def test_a_damaged_counters_file_restarts_counting_instead_of_failing(tmp_path: 
     assert json.loads((tmp_path / ".beamops_shop.counters.json").read_text()) == {
         "deploy:success": 1
     }
+
+
+# ----------------------------------------------------------------- the lock
+
+
+def test_the_lock_file_says_who_holds_it_and_since_when(tmp_path: Path) -> None:
+    lock = {
+        "holder": "ops@ctl",
+        "purpose": "frozen for the incident",
+        "since": "2026-11-30T12:00:00Z",
+    }
+    path = dm.publish_lock(str(tmp_path), "shop", lock)
+    text = Path(path).read_text()
+    assert 'beamops_deploy_lock_held{app="shop"} 1' in text
+    assert (
+        'beamops_deploy_lock_since_timestamp_seconds{app="shop",holder="ops@ctl",'
+        'purpose="frozen for the incident"} 1796040000'
+    ) in text
+    assert stat.S_IMODE(Path(path).stat().st_mode) == 0o644
+    dm.publish_lock(str(tmp_path), "shop", None)
+    text = Path(path).read_text()
+    assert 'beamops_deploy_lock_held{app="shop"} 0' in text
+    assert "since_timestamp" not in text  # the series vanishes with the lock
+    for line in text.splitlines():
+        assert line.startswith("#") or SAMPLE.fullmatch(line), line
+
+
+# ----------------------------------------------------------------- webhooks
+
+
+class Receiver:
+    """A real HTTP server on loopback: answers each POST with the next scripted status (or
+    never answers, for None), and keeps what it was sent."""
+
+    def __init__(self, statuses: List[Optional[int]]) -> None:
+        self.statuses = list(statuses)
+        self.bodies: List[Dict[str, Any]] = []
+        self.headers: List[Dict[str, str]] = []
+        self.release = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.bodies.append(json.loads(body))
+                receiver.headers.append(dict(self.headers))
+                status = receiver.statuses.pop(0) if receiver.statuses else 200
+                if status is None:
+                    receiver.release.wait(30)  # hangs until the test ends
+                    return
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/secret-token"
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver_factory() -> Iterator[Callable[[List[Optional[int]]], Receiver]]:
+    made: List[Receiver] = []
+
+    def make(statuses: List[Optional[int]]) -> Receiver:
+        made.append(Receiver(statuses))
+        return made[-1]
+
+    yield make
+    for receiver in made:
+        receiver.close()
+
+
+def test_a_webhook_gets_the_event_as_slack_and_grafana_read_it(receiver_factory: Any) -> None:
+    receiver = receiver_factory([200])
+    hook = dm.Webhook(url=receiver.url, headers={"Authorization": "Bearer t0ken"})
+    assert dm.notify([hook], CUTOVER, SERVING) == []
+    (body,) = receiver.bodies
+    assert body["text"] == "shop on bo1: deploy of 0.2.0 (from 0.1.0) success; serving 0.2.0"
+    assert body["time"] == 1764500012500
+    assert body["tags"] == ["beamops", "shop", "deploy", "success"]
+    assert (body["version"], body["from_version"], body["who"]) == (
+        "0.2.0",
+        "0.1.0",
+        "ops@controller",
+    )
+    assert receiver.headers[0]["Authorization"] == "Bearer t0ken"
+    assert receiver.headers[0]["Content-Type"] == "application/json"
+
+
+def test_a_failing_webhook_is_retried_then_reported_without_its_path(receiver_factory: Any) -> None:
+    flaky = receiver_factory([500, 200])
+    broken = receiver_factory([500, 502, 503])
+    warnings = dm.notify(
+        [dm.Webhook(url=flaky.url, retries=2), dm.Webhook(url=broken.url, retries=2)],
+        CUTOVER,
+        SERVING,
+    )
+    assert len(flaky.bodies) == 2 and len(broken.bodies) == 3
+    (warning,) = warnings
+    assert warning.startswith(f"webhook http://127.0.0.1:{broken.server.server_address[1]} failed")
+    assert "after 3 attempt(s) within 5 s: HTTP 503" in warning
+    assert "secret-token" not in warning
+
+
+def test_a_hanging_webhook_delays_the_cutover_by_its_timeout_at_most(
+    receiver_factory: Any,
+) -> None:
+    hanging = receiver_factory([None, None, None])
+    quick = receiver_factory([200])
+    began = time.monotonic()
+    warnings = dm.notify(
+        [dm.Webhook(url=hanging.url, timeout=1.0), dm.Webhook(url=quick.url, timeout=1.0)],
+        CUTOVER,
+        SERVING,
+    )
+    took = time.monotonic() - began
+    assert took < 1.5, took  # both at once, each within its own second
+    # Its thread may or may not have seen its socket time out by then: either way, one warning.
+    (warning,) = warnings
+    where = f"webhook http://127.0.0.1:{hanging.server.server_address[1]} "
+    assert warning.startswith(where) and "within 1 s" in warning, warning
+    assert "secret-token" not in warning
+    assert len(quick.bodies) == 1
+
+
+def test_an_unreachable_webhook_is_a_warning_naming_only_its_host() -> None:
+    warnings = dm.notify(
+        [dm.Webhook(url="http://user:pw@127.0.0.1:9/x?token=1", timeout=1.0, retries=1)],
+        CUTOVER,
+        SERVING,
+    )
+    (warning,) = warnings
+    assert warning.startswith("webhook http://127.0.0.1:9 failed after 2 attempt(s)"), warning
+    assert "token" not in warning and "pw" not in warning
+
+
+def test_webhooks_are_kept_for_the_host_in_a_root_only_file(tmp_path: Path) -> None:
+    hooks = dm.webhooks_from([{"url": "https://hooks.example/T0K3N", "timeout": 2}])
+    assert dm.save_webhooks(str(tmp_path), hooks) is True
+    assert dm.save_webhooks(str(tmp_path), hooks) is False
+    path = tmp_path / dm.WEBHOOKS_FILE_NAME
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert dm.load_webhooks(str(tmp_path)) == hooks
+    assert dm.save_webhooks(str(tmp_path), []) is True
+    assert not path.exists() and dm.load_webhooks(str(tmp_path)) == []
+    with pytest.raises(ValueError, match=r"webhooks\[0\]\.url must start with http"):
+        dm.webhooks_from([{"url": "ftp://x"}])

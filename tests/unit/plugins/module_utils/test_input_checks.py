@@ -236,3 +236,76 @@ def test_the_demo_inventory_passes_and_only_it_allows_examples() -> None:
         )
         == []
     )
+
+
+MONITORED: Dict[str, Any] = {
+    **GOOD,
+    "__inventory_groups": ["all", "beamops_app", "monitoring"],
+    "beamops_prometheus_group": "monitoring",
+    "beamops_scrape_port": 9568,
+    "beamops_scrape_address": "10.0.0.11",
+    "beamops_scrape_allow": ["10.1.0.0/16"],
+    "__beamops_scrape_allow": ["127.0.0.1", "10.0.0.13", "10.1.0.0/16"],
+    "beamops_metrics_path": "/metrics",
+}
+
+
+def test_a_monitored_host_passes() -> None:
+    assert ic.problems(MONITORED) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"beamops_prometheus_group": "prom"}, "beamops_prometheus_group: 'prom' is not a group"),
+        ({"beamops_scrape_address": "app1.example"}, "beamops_scrape_address: got 'app1.example'"),
+        (
+            {"__beamops_scrape_allow": ["127.0.0.1", "prom1.example"]},
+            "scrape allow list: got 'prom1.example'; expected IPv4 addresses or networks",
+        ),
+        ({"beamops_scrape_port": 4001}, "ports must be distinct"),
+        ({"beamops_scrape_port": 70000}, "beamops_scrape_port: got 70000; expected a TCP port"),
+        ({"beamops_metrics_path": "metrics"}, "beamops_metrics_path: got 'metrics'"),
+    ],
+)
+def test_monitoring_that_cannot_work_is_refused_before_any_host(
+    change: Dict[str, Any], expected: str
+) -> None:
+    found = ic.problems({**MONITORED, **change})
+    assert any(expected in problem for problem in found), found
+
+
+def test_without_a_scrape_listener_its_address_is_not_checked() -> None:
+    quiet = {**MONITORED, "beamops_scrape_port": 0, "beamops_scrape_address": "app1.example"}
+    assert ic.problems(quiet) == []
+
+
+def test_webhooks_are_checked_without_showing_their_urls() -> None:
+    good = [{"url": "https://hooks.example/services/T0K3N", "timeout": 2, "retries": 0}]
+    assert ic.problems({**GOOD, "beamops_webhooks": good}) == []
+    bad = [
+        {"url": "hooks.example/services/T0K3N"},
+        {"url": "https://hooks.example/services/T0K3N", "timeout": 0, "retries": -1},
+    ]
+    found = ic.problems({**GOOD, "beamops_webhooks": bad})
+    assert "beamops_webhooks[0].url: expected an http:// or https:// URL" in found
+    assert "beamops_webhooks[1].timeout: got 0; expected seconds above 0" in found
+    assert "beamops_webhooks[1].retries: got -1; expected 0 or more" in found
+    assert not any("T0K3N" in problem for problem in found)
+
+
+def test_hooks_name_known_points_and_task_files_that_exist(tmp_path: Path) -> None:
+    hook = tmp_path / "smoke.yml"
+    hook.write_text("---\n- name: Smoke\n  ansible.builtin.debug:\n")
+    good = {"after_gate": [str(hook)], "on_failure": [str(hook)]}
+    assert ic.problems({**GOOD, "beamops_hooks": good}) == []
+    found = ic.problems(
+        {**GOOD, "beamops_hooks": {"after_lunch": [str(hook)], "before_start": ["hooks/smoke.yml"]}}
+    )
+    assert any(p.startswith("beamops_hooks.after_lunch: not a hook point") for p in found), found
+    assert any(
+        p.startswith("beamops_hooks.before_start: got 'hooks/smoke.yml'; expected the absolute")
+        for p in found
+    ), found
+    missing = ic.problems({**GOOD, "beamops_hooks": {"after_switch": [str(tmp_path / "no.yml")]}})
+    assert len(missing) == 1 and "expected the absolute path of a task file" in missing[0]

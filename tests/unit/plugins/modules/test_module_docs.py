@@ -6,6 +6,7 @@ import pytest
 from ansible_collections.beamops.release.plugins.action.release_artifact import ActionModule
 from ansible_collections.beamops.release.plugins.modules import (
     proxy_setup,
+    release_task,
     release_unpack,
     slot_config,
     slot_rollback,
@@ -17,7 +18,7 @@ from tests.unit.plugins.modules.test_slot_cutover import ansible_doc
 MODULES = {
     "slot_rollback": (
         slot_rollback,
-        {"plan", "lock", "result", "msg", "stage", "switched_back", "timings"},
+        {"plan", "lock", "result", "msg", "stage", "switched_back", "timings", "serving"},
     ),
     "slot_config": (slot_config, {"changed_files", "unit_active"}),
     "release_unpack": (
@@ -26,6 +27,7 @@ MODULES = {
     ),
     "systemd_units": (systemd_units, {"changed_units", "started", "outdated_instances"}),
     "proxy_setup": (proxy_setup, {"written", "actions"}),
+    "release_task": (release_task, {"rc", "output", "seconds"}),
 }
 
 
