@@ -364,6 +364,13 @@ def _check_ports(inputs: Inputs) -> Iterator[str]:
         yield f"ports must be distinct: {listed}"
 
 
+def _inventory_group(name: str, group: object, inputs: Inputs) -> Iterator[str]:
+    """`group` must be a group of the inventory (the action plugin hands their names in)."""
+    groups = inputs.get("__inventory_groups", [])
+    if isinstance(groups, (list, tuple)) and group not in groups:
+        yield f"{name}: {shown(group)} is not a group of the inventory"
+
+
 @rule(
     "Distribution and cluster",
     "With distribution: `beamops_dist_address` an IPv4 address (with `name`, not loopback when "
@@ -392,14 +399,12 @@ def _check_distribution(inputs: Inputs) -> Iterator[str]:
                 f"other hosts of beamops_cluster_group {group!r} reach"
             )
     if group:
-        groups = inputs.get("__inventory_groups", [])
         if distribution != "name":
             yield (
                 f"beamops_cluster_group: {group!r} needs beamops_release_distribution name "
                 f"(node names that other hosts resolve), got {distribution}"
             )
-        if isinstance(groups, (list, tuple)) and group not in groups:
-            yield f"beamops_cluster_group: {shown(group)} is not a group of the inventory"
+        yield from _inventory_group("beamops_cluster_group", group, inputs)
     if inputs.get("beamops_dist_tls", False):
         for name in PEM_VARIABLES:
             value = inputs.get(name, "")
@@ -429,9 +434,8 @@ def _ipv4_network(value: object) -> bool:
 )
 def _check_monitoring(inputs: Inputs) -> Iterator[str]:
     group = inputs.get("beamops_prometheus_group", "")
-    groups = inputs.get("__inventory_groups", [])
-    if group and isinstance(groups, (list, tuple)) and group not in groups:
-        yield f"beamops_prometheus_group: {shown(group)} is not a group of the inventory"
+    if group:
+        yield from _inventory_group("beamops_prometheus_group", group, inputs)
     if inputs.get("beamops_scrape_port", 0) != 0:
         address = inputs.get("beamops_scrape_address", "127.0.0.1")
         try:

@@ -56,13 +56,7 @@ notes:
   - Runs as root on the managed host (the node command reads the slot's secrets).
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    platforms: posix
+  - beamops.release.attributes
 """
 
 EXAMPLES = r"""
