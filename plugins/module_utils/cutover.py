@@ -634,7 +634,9 @@ class Cutover:
         except (OSError, ValueError, release_state.ReleaseStateError) as exc:
             self.out.warnings.append(f"deploy metrics and events were not written: {exc}")
             return
-        self.out.warnings += deploy_metrics.notify(hooks, record, serving)
+        # Named by host: Ansible shows a warning repeated word for word by several hosts once.
+        where = f"{self.r.host}: " if self.r.host else ""
+        self.out.warnings += [where + w for w in deploy_metrics.notify(hooks, record, serving)]
 
     def _execute(self) -> Outcome:
         release_dir = os.path.join(self.s.base_dir, "releases", self.r.version)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List, Optional, Tuple
 
 from tests.tools.fleet import HOSTS, SECRET_KEY_BASE, Fleet, address, deploykit
@@ -493,3 +495,66 @@ def test_a_hook_failing_after_the_switch_follows_the_documented_rule(fleet: Flee
     assert fleet.served() == serving
     for name in HOSTS:
         assert fleet.state(name)["active"]["version"] == "0.5.0"
+
+
+class Receiver:
+    """An HTTP server on the controller's side of the test bridge: records each POST, or
+    (hang=True) never answers."""
+
+    def __init__(self, hang: bool = False) -> None:
+        self.bodies: List[Dict[str, Any]] = []
+        self.release = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.bodies.append(json.loads(body))
+                if hang:
+                    receiver.release.wait(60)
+                    return
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("0.0.0.0", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        bridge = address("bo1").rsplit(".", 1)[0] + ".1"
+        self.base = f"http://{bridge}:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_webhooks_tell_of_each_cutover_and_a_hanging_one_costs_its_timeout_only(
+    fleet: Fleet,
+) -> None:
+    good, hanging = Receiver(), Receiver(hang=True)
+    token = "T0K3N-in-the-path-only"
+    webhooks = [
+        {"url": f"{good.base}/services/{token}", "timeout": 5, "retries": 1},
+        {"url": f"{hanging.base}/hang/{token}", "timeout": 2, "retries": 0},
+    ]
+    try:
+        run = fleet.deploy("0.4.0", "-e", json.dumps({"beamops_webhooks": webhooks}))
+    finally:
+        good.close()
+        hanging.close()
+    assert run.rc == 0, run.tail()
+    said = " ".join(run.output.split())
+    # Its thread may or may not have seen its socket time out by the deadline: either wording.
+    wording = r"(?:did not answer|failed after 1 attempt\(s\)) within 2 s"
+    for name in HOSTS:
+        assert re.search(rf"{name}: webhook {re.escape(hanging.base)} {wording}", said), run.tail()
+    assert token not in run.output
+    assert sorted(b["host"] for b in good.bodies) == HOSTS
+    for body in good.bodies:
+        assert (body["event"], body["result"], body["version"]) == ("deploy", "success", "0.4.0")
+        assert body["from_version"] == "0.5.0" and body["tags"][0] == "beamops"
+        assert body["text"].startswith(f"sample_app on {body['host']}: deploy of 0.4.0")
+    assert len(hanging.bodies) == len(HOSTS)  # each host tried once, and did not wait longer
