@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List, Optional, Tuple
 
 from tests.tools.fleet import HOSTS, SECRET_KEY_BASE, Fleet, address, deploykit
 from tests.tools.prometheus import Prometheus, wait_for
+from tests.tools.webhook_receiver import WebhookReceiver
 
 # beamops_prometheus_scrape_interval in group_vars. Prometheus holds a discovery change up to
 # 10 s (its discovery and scrape managers each apply changes every 5 s), then scrapes a new
@@ -497,38 +496,13 @@ def test_a_hook_failing_after_the_switch_follows_the_documented_rule(fleet: Flee
         assert fleet.state(name)["active"]["version"] == "0.5.0"
 
 
-class Receiver:
-    """An HTTP server on the controller's side of the test bridge: records each POST, or
-    (hang=True) never answers."""
+class Receiver(WebhookReceiver):
+    """On the controller's side of the test bridge; hang=True: never answers either host."""
 
     def __init__(self, hang: bool = False) -> None:
-        self.bodies: List[Dict[str, Any]] = []
-        self.release = threading.Event()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.bodies.append(json.loads(body))
-                if hang:
-                    receiver.release.wait(60)
-                    return
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("0.0.0.0", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        super().__init__([None] * len(HOSTS) if hang else [], bind="0.0.0.0")
         bridge = address("bo1").rsplit(".", 1)[0] + ".1"
-        self.base = f"http://{bridge}:{self.server.server_address[1]}"
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+        self.base = f"http://{bridge}:{self.port}"
 
 
 def test_webhooks_tell_of_each_cutover_and_a_hanging_one_costs_its_timeout_only(

@@ -7,14 +7,14 @@ import dataclasses
 import json
 import re
 import stat
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
 import pytest
 from ansible_collections.beamops.release.plugins.module_utils import deploy_metrics as dm
+
+from tests.tools.webhook_receiver import WebhookReceiver
 
 CUTOVER = dm.Cutover(
     app="shop",
@@ -131,42 +131,12 @@ def test_the_lock_file_says_who_holds_it_and_since_when(tmp_path: Path) -> None:
 # ----------------------------------------------------------------- webhooks
 
 
-class Receiver:
-    """A real HTTP server on loopback: answers each POST with the next scripted status (or
-    never answers, for None), and keeps what it was sent."""
+class Receiver(WebhookReceiver):
+    """On loopback, with a token in its URL's path."""
 
     def __init__(self, statuses: List[Optional[int]]) -> None:
-        self.statuses = list(statuses)
-        self.bodies: List[Dict[str, Any]] = []
-        self.headers: List[Dict[str, str]] = []
-        self.release = threading.Event()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.bodies.append(json.loads(body))
-                receiver.headers.append(dict(self.headers))
-                status = receiver.statuses.pop(0) if receiver.statuses else 200
-                if status is None:
-                    receiver.release.wait(30)  # hangs until the test ends
-                    return
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/secret-token"
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(statuses)
+        self.url = f"http://127.0.0.1:{self.port}/hooks/secret-token"
 
 
 @pytest.fixture
