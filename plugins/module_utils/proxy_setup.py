@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import tempfile
 import time
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from ansible_collections.beamops.release.plugins.module_utils import haproxy_runtime
 from ansible_collections.beamops.release.plugins.module_utils.atomic_file import (
@@ -88,6 +89,41 @@ class ProxySetupError(Exception):
     """The proxy refused its configuration; the previous one is in place."""
 
 
+# Where Debian's packages put the proxies; a module's PATH may lack the sbin directories.
+PROXY_BINARY_DIRS: Tuple[str, ...] = ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/sbin")
+
+
+def proxy_missing(proxy: str, dirs: Sequence[str] = PROXY_BINARY_DIRS) -> Optional[str]:
+    """Why PROXY cannot be set up here (its command is not installed), or None."""
+    if any(os.access(os.path.join(directory, proxy), os.X_OK) for directory in dirs):
+        return None
+    return (
+        f"{proxy} (beamops_proxy) is not installed on this host: no {proxy} command in "
+        f"{', '.join(dirs)}. Let the deploy install it (beamops_install_packages: true, the "
+        "default) or install it with whatever manages this host's packages"
+    )
+
+
+_LISTEN_RE = re.compile(r"^\s*listen\s+(?:\S*:)?(\d+)\b", re.MULTILINE)
+TCP_LISTEN = "0A"  # the st column of /proc/net/tcp for a listening socket
+
+
+def nginx_listen_ports(site: str) -> Set[int]:
+    """The TCP ports an nginx site's `listen` lines name (`listen 80`, `listen [::]:80 ...`)."""
+    return {int(port) for port in _LISTEN_RE.findall(site)}
+
+
+def listening_ports(tables: Sequence[str] = ("/proc/net/tcp", "/proc/net/tcp6")) -> Set[int]:
+    """Local ports with a listening TCP socket on this host, from the kernel's tables."""
+    ports: Set[int] = set()
+    for table in tables:
+        for line in (read_text(table) or "").splitlines()[1:]:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == TCP_LISTEN:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
 @dataclasses.dataclass
 class Request:
     proxy: str
@@ -125,9 +161,15 @@ class Result:
 
 
 class ProxySetup:
-    def __init__(self, request: Request, run: Run = run_command) -> None:
+    def __init__(
+        self,
+        request: Request,
+        run: Run = run_command,
+        listening: Callable[[], Set[int]] = listening_ports,
+    ) -> None:
         self.r = request
         self.run = run
+        self.listening = listening
         self.result = Result()
 
     def apply(self, check_mode: bool = False) -> Result:
@@ -263,7 +305,11 @@ class ProxySetup:
         """One proxy per host owns the port: the one not chosen gives it up. Debian's default
         nginx site listens on port 80 too, whichever proxy is chosen."""
         removed = False
+        # What the removed nginx sites listened on: HAProxy may bind it only once nginx's
+        # reload has closed it (the reload returns before that).
+        ports: Set[int] = set()
         if self.r.disable_default_site and os.path.lexists(NGINX_DEFAULT_SITE):
+            ports |= nginx_listen_ports(read_text(NGINX_DEFAULT_SITE) or "")
             os.unlink(NGINX_DEFAULT_SITE)
             removed = True
             self.result.actions.append("removed Debian's default nginx site")
@@ -280,11 +326,23 @@ class ProxySetup:
             return
         for path in (self.r.nginx_site_file, self.r.nginx_upstream_file):
             if os.path.lexists(path):
+                ports |= nginx_listen_ports(read_text(path) or "")
                 os.unlink(path)
                 removed = True
         if removed and self._active("nginx.service"):
             self.run(["systemctl", "reload", "nginx.service"], 60)
             self.result.actions.append("removed this app's nginx site")
+            self._wait_ports_closed(ports)
+
+    def _wait_ports_closed(self, ports: Set[int], seconds: float = 10.0) -> None:
+        deadline = time.monotonic() + seconds
+        while ports & self.listening():
+            if time.monotonic() > deadline:
+                raise ProxySetupError(
+                    f"nginx still listens on port(s) {sorted(ports & self.listening())} "
+                    f"{seconds:.0f}s after its site was removed; HAProxy cannot take them over"
+                )
+            time.sleep(0.05)
 
     def _ensure_running(self) -> None:
         unit = f"{self.r.proxy}.service"

@@ -119,6 +119,7 @@ from ansible_collections.beamops.release.plugins.module_utils.proxy_setup import
     ProxySetup,
     ProxySetupError,
     Request,
+    proxy_missing,
 )
 
 ARGUMENT_SPEC: Dict[str, Dict[str, Any]] = {
@@ -138,6 +139,9 @@ ARGUMENT_SPEC: Dict[str, Dict[str, Any]] = {
 
 def main() -> None:
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    missing = None if module.check_mode else proxy_missing(module.params["proxy"])
+    if missing:
+        module.fail_json(msg=missing)
     try:
         result = ProxySetup(Request(**module.params)).apply(check_mode=module.check_mode)
     except (ProxySetupError, OSError) as exc:

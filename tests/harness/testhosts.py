@@ -21,6 +21,13 @@ Usage: ``python3 tests/harness/testhosts.py --help``. The same operations are im
 Configuration comes from the environment (see ``Config.from_env``). Two checkouts on one
 machine coexist when they use distinct state dirs, bridges, subnets and name prefixes.
 Hosts have no default route and no DNS: every package a test needs is in the template.
+
+Besides that full template, the harness builds *bare* images (``bare-bookworm``,
+``bare-trixie``): systemd, sshd and python3 only, as a freshly provisioned Debian 12 or 13
+server looks. What a deploy installs on them comes from a local package source made with the
+image: a flat apt repository of those packages and their dependencies, read-only at
+``/srv/beamops-apt`` inside the host and the only entry in its ``/etc/apt/sources.list``
+(it stands in for the host's mirror, which the test network cannot reach).
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ from typing import IO, Iterator, Mapping, Sequence
 # ----------------------------------------------------------------------------- recipe
 # Bump when the way the template is made changes, so existing images get rebuilt.
 RECIPE_VERSION = 1
-SUITE = "bookworm"
+SUITE = "bookworm"  # the full template's suite, and the controller's
 
 # Everything the hosts will ever need: they have no network to install anything later.
 # No Erlang/Elixir on purpose: the sample release ships its own ERTS and must run without.
@@ -81,6 +88,39 @@ TEMPLATE_PACKAGES: tuple[str, ...] = (
     "libtinfo6",
     "zlib1g",
 )
+
+# A bare host: what a provider's minimal Debian image has (systemd, sshd, python3).
+BARE_PACKAGES: tuple[str, ...] = ("systemd", "systemd-sysv", "dbus", "openssh-server", "python3")
+
+# What a deploy may install on a bare host, downloaded with its dependencies into the bare
+# image's local package source (python3-apt: Ansible's apt module installs it first).
+BARE_SOURCE_PACKAGES: tuple[str, ...] = ("nginx", "haproxy", "python3-apt")
+
+# Where a bare host sees its package source.
+BARE_SOURCE_MOUNT = "/srv/beamops-apt"
+
+
+@dataclasses.dataclass(frozen=True)
+class Image:
+    """One kind of host root filesystem the harness can build and boot."""
+
+    name: str
+    suite: str
+    packages: tuple[str, ...]
+    bare: bool
+
+    @property
+    def directory(self) -> str:
+        # The full template keeps its historical place so existing state dirs stay valid.
+        return "template" if self.name == FULL_IMAGE else f"image-{self.name}"
+
+
+FULL_IMAGE = "full"
+IMAGES: Mapping[str, Image] = {
+    FULL_IMAGE: Image(FULL_IMAGE, SUITE, TEMPLATE_PACKAGES, bare=False),
+    "bare-bookworm": Image("bare-bookworm", "bookworm", BARE_PACKAGES, bare=True),
+    "bare-trixie": Image("bare-trixie", "trixie", BARE_PACKAGES, bare=True),
+}
 
 # v1 controllers made writable inside the hosts; each also gets a per-host cgroup.
 RW_CONTROLLERS: tuple[str, ...] = ("memory", "cpu", "cpuacct", "pids", "blkio")
@@ -246,6 +286,13 @@ class Config:
 
     def host_dir(self, name: str) -> Path:
         return self.hosts_dir / name
+
+    def image_dir(self, image: Image) -> Path:
+        return self.state_dir / image.directory
+
+    def source_dir(self, image: Image) -> Path:
+        """A bare image's local package source (a flat apt repository)."""
+        return self.state_dir / f"apt-{image.name}"
 
     # names ------------------------------------------------------------------
     @property
@@ -652,17 +699,29 @@ def _list_entries(text: str) -> list[str]:
     return entries
 
 
-def apt_source_entries(cfg: Config, apt_dir: Path = Path("/etc/apt")) -> list[str]:
-    """One-line "deb URI SUITE COMPONENTS" entries for the template's suite (and its
-    -updates/-security siblings), read from the controller's apt configuration."""
+def _rename_suite(entry: str, suite: str) -> str:
+    """'deb URI bookworm-security main' -> 'deb URI trixie-security main'."""
+    words = entry.split()
+    words[2] = suite + words[2][len(SUITE) :]
+    return " ".join(words)
+
+
+def apt_source_entries(
+    cfg: Config, apt_dir: Path = Path("/etc/apt"), suite: str = SUITE
+) -> list[str]:
+    """One-line "deb URI SUITE COMPONENTS" entries for SUITE (and its -updates/-security
+    siblings), read from the controller's apt configuration: the controller runs Debian
+    SUITE, and another suite is served by the same mirrors under its own name."""
     if cfg.mirror:
-        return [f"deb {cfg.mirror} {SUITE} main"]
+        return [f"deb {cfg.mirror} {suite} main"]
     entries: list[str] = []
     for path in sorted(apt_dir.glob("sources.list.d/*.sources")):
         entries += _sources_entries(path.read_text(errors="replace"))
     for path in [apt_dir / "sources.list", *sorted(apt_dir.glob("sources.list.d/*.list"))]:
         if path.is_file():
             entries += _list_entries(path.read_text(errors="replace"))
+    if suite != SUITE:
+        entries = [_rename_suite(entry, suite) for entry in entries]
     unique = list(dict.fromkeys(entries))
     if not unique:
         raise HarnessError(
@@ -673,23 +732,32 @@ def apt_source_entries(cfg: Config, apt_dir: Path = Path("/etc/apt")) -> list[st
 
 
 # ----------------------------------------------------------------------------- template
-def template_id() -> str:
+def image_named(name: str) -> Image:
+    try:
+        return IMAGES[name]
+    except KeyError:
+        raise HarnessError(f"image {name!r}: expected one of {', '.join(sorted(IMAGES))}") from None
+
+
+def template_id(image: Image = IMAGES[FULL_IMAGE]) -> str:
     """Identifies what a template built by this code contains; a change means rebuild."""
     recipe = {
         "recipe": RECIPE_VERSION,
-        "suite": SUITE,
-        "packages": sorted(TEMPLATE_PACKAGES),
+        "suite": image.suite,
+        "packages": sorted(image.packages),
         "rw_controllers": list(RW_CONTROLLERS),
         "masked": sorted(MASKED_UNITS),
         "disabled": sorted(DISABLED_UNITS),
         "dpkg_filters": list(DPKG_PATH_FILTERS),
     }
+    if image.bare:
+        recipe["source_packages"] = sorted(BARE_SOURCE_PACKAGES)
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def installed_template_id(cfg: Config) -> str | None:
+def installed_template_id(cfg: Config, image: Image = IMAGES[FULL_IMAGE]) -> str | None:
     try:
-        return (cfg.template_dir / TEMPLATE_ID_FILE).read_text().strip()
+        return (cfg.image_dir(image) / TEMPLATE_ID_FILE).read_text().strip()
     except FileNotFoundError:
         return None
 
@@ -709,19 +777,38 @@ exec /lib/systemd/systemd "$@"
 """
 
 
-def _customize_template(root: Path) -> None:
+def _customize_template(root: Path, image: Image) -> None:
     """Turn a fresh bootstrap into a host template: users, sudo, systemd units, no identity."""
 
     def chroot(*argv: str) -> None:
         _run(["chroot", str(root), *argv], what=f"chroot {root} {' '.join(argv)}")
 
-    chroot(
-        "useradd", "--create-home", "--shell", "/bin/bash", "--groups", "sudo", UNPRIVILEGED_USER
-    )
-    sudoers = root / "etc/sudoers.d" / UNPRIVILEGED_USER
-    _write_atomic(sudoers, f"{UNPRIVILEGED_USER} ALL=(ALL) NOPASSWD:ALL\n", 0o440)
-    for home in (root / "root", root / "home" / UNPRIVILEGED_USER):
-        (home / ".ssh").mkdir(mode=0o700, exist_ok=True)
+    if image.bare:
+        # root over ssh only, and the local package source as the host's only mirror
+        (root / "root/.ssh").mkdir(mode=0o700, exist_ok=True)
+        for sources in [
+            root / "etc/apt/sources.list",
+            *(root / "etc/apt").glob("sources.list.d/*"),
+        ]:
+            sources.unlink(missing_ok=True)
+        (root / "etc/apt/sources.list").write_text(
+            f"deb [trusted=yes] file:{BARE_SOURCE_MOUNT} ./\n"
+        )
+        (root / BARE_SOURCE_MOUNT.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    else:
+        chroot(
+            "useradd",
+            "--create-home",
+            "--shell",
+            "/bin/bash",
+            "--groups",
+            "sudo",
+            UNPRIVILEGED_USER,
+        )
+        sudoers = root / "etc/sudoers.d" / UNPRIVILEGED_USER
+        _write_atomic(sudoers, f"{UNPRIVILEGED_USER} ALL=(ALL) NOPASSWD:ALL\n", 0o440)
+        for home in (root / "root", root / "home" / UNPRIVILEGED_USER):
+            (home / ".ssh").mkdir(mode=0o700, exist_ok=True)
     # Each host gets its own identity when it is first booted.
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
@@ -742,6 +829,8 @@ def _customize_template(root: Path) -> None:
         chroot("systemctl", "disable", *present)
     for cache in (root / "var/cache/apt").glob("*.bin"):
         cache.unlink()
+    for deb in (root / "var/cache/apt/archives").glob("*.deb"):
+        deb.unlink()
     for lists in (root / "var/lib/apt/lists").iterdir():
         if lists.is_file():
             lists.unlink()
@@ -752,72 +841,117 @@ def _directory_size_mib(path: Path) -> int:
     return int(result.stdout.split()[0]) if result.returncode == 0 else -1
 
 
-def build(force: bool = False, cfg: Config | None = None) -> str:
-    """Make sure the template exists and matches this recipe; returns its id."""
+def build(force: bool = False, cfg: Config | None = None, image: str = FULL_IMAGE) -> str:
+    """Make sure IMAGE's template exists and matches this recipe; returns its id."""
     cfg = cfg or Config.from_env()
     _require_root()
     with _locked(cfg):
-        return _ensure_template(cfg, force)
+        return _ensure_template(cfg, force, image_named(image))
 
 
-def _ensure_template(cfg: Config, force: bool) -> str:
-    want = template_id()
-    have = installed_template_id(cfg)
+def _ensure_template(cfg: Config, force: bool, image: Image = IMAGES[FULL_IMAGE]) -> str:
+    want = template_id(image)
+    have = installed_template_id(cfg, image)
+    target = cfg.image_dir(image)
     if have == want and not force:
-        log(f"reusing template {want} at {cfg.template_dir}")
+        log(f"reusing template {want} at {target}")
         _remove_unfinished_templates(cfg)
         return want
-    running = running_host_names(cfg)
+    running = [n for n in running_host_names(cfg) if _host_image(cfg, n) == image.name]
     if running:
         raise HarnessError(
             f"template {have} must be rebuilt as {want} but hosts are running "
             f"({', '.join(running)}): run `testhosts.py down` first"
         )
     _ensure_deps_present()
-    entries = apt_source_entries(cfg)
+    entries = apt_source_entries(cfg, suite=image.suite)
     log(
-        f"building template {want} ({SUITE}, {len(TEMPLATE_PACKAGES)} packages) from: "
-        + "; ".join(entries)
+        f"building template {want} ({image.name}: {image.suite}, {len(image.packages)} "
+        "packages) from: " + "; ".join(entries)
     )
     started = time.monotonic()
     tmp = cfg.state_dir / "template.tmp"
+    source_tmp = cfg.state_dir / "source.tmp"
     _remove_unfinished_templates(cfg)
     build_log = cfg.state_dir / "build.log"
     argv = [
         "mmdebstrap",
         "--variant=minbase",
-        "--include=" + ",".join(TEMPLATE_PACKAGES),
+        "--include=" + ",".join(image.packages),
         *(f"--dpkgopt={rule}" for rule in DPKG_PATH_FILTERS),
-        SUITE,
+        *(_source_hooks(source_tmp) if image.bare else []),
+        image.suite,
         str(tmp),
         *entries,
     ]
     with open(build_log, "w") as out:
         rc = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
     if rc != 0:
-        _safe_rmtree(tmp)
+        _remove_unfinished_templates(cfg)
         raise HarnessError(
             f"mmdebstrap failed (exit {rc}); {build_log} ends with:\n" + _tail(build_log)
         )
-    _customize_template(tmp)
+    _customize_template(tmp, image)
     (tmp / TEMPLATE_ID_FILE).write_text(want + "\n")
-    # Swap in the finished image by renames: a template dir is always complete.
-    old = cfg.state_dir / "template.old"
-    if cfg.template_dir.exists():
-        cfg.template_dir.rename(old)
-    tmp.rename(cfg.template_dir)
-    _safe_rmtree(old)
+    if image.bare:
+        _write_apt_index(source_tmp)
+        _swap_in(cfg, source_tmp, cfg.source_dir(image))
+    _swap_in(cfg, tmp, target)
     elapsed = time.monotonic() - started
-    log(
-        f"template {want} built in {elapsed:.1f}s: "
-        f"{_directory_size_mib(cfg.template_dir)} MiB at {cfg.template_dir}"
-    )
+    log(f"template {want} built in {elapsed:.1f}s: {_directory_size_mib(target)} MiB at {target}")
     return want
+
+
+def _swap_in(cfg: Config, built: Path, target: Path) -> None:
+    """Replace TARGET by BUILT with renames: an image dir is always complete."""
+    old = cfg.state_dir / "template.old"
+    _safe_rmtree(old)
+    if target.exists():
+        target.rename(old)
+    built.rename(target)
+    _safe_rmtree(old)
+
+
+def _source_hooks(destination: Path) -> list[str]:
+    """mmdebstrap hooks that download what a deploy may install on a bare host (with every
+    dependency the bare image lacks) and copy those packages out to DESTINATION."""
+    packages = " ".join(BARE_SOURCE_PACKAGES)
+    return [
+        '--customize-hook=chroot "$1" apt-get install --download-only --yes '
+        f"--no-install-recommends {packages}",
+        f"--customize-hook=sync-out /var/cache/apt/archives {destination}",
+    ]
+
+
+def _write_apt_index(repo: Path) -> None:
+    """Make REPO a flat apt repository: Packages (control fields of each .deb plus where it
+    is and its checksums) and a Release file naming it (apt wants one even when trusted)."""
+    for leftover in [*repo.glob("lock"), *repo.glob("partial")]:
+        _safe_rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    paragraphs = []
+    for deb in sorted(repo.glob("*.deb")):
+        control = _run(["dpkg-deb", "--field", str(deb)], what=f"dpkg-deb --field {deb.name}")
+        data = deb.read_bytes()
+        paragraphs.append(
+            control.stdout.rstrip("\n")
+            + f"\nFilename: ./{deb.name}\nSize: {len(data)}"
+            + f"\nMD5sum: {hashlib.md5(data).hexdigest()}"
+            + f"\nSHA256: {hashlib.sha256(data).hexdigest()}\n"
+        )
+    if not paragraphs:
+        raise HarnessError(f"no packages were downloaded into {repo}")
+    index = "\n".join(paragraphs).encode()
+    (repo / "Packages").write_bytes(index)
+    (repo / "Release").write_text(
+        "Origin: beamops-testhosts\nLabel: beamops-testhosts\n"
+        f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S UTC', time.gmtime())}\n"
+        f"SHA256:\n {hashlib.sha256(index).hexdigest()} {len(index)} Packages\n"
+    )
 
 
 def _remove_unfinished_templates(cfg: Config) -> None:
     """What an interrupted build leaves: its target, with /proc, /sys and /dev/pts mounted."""
-    for unfinished in ("template.tmp", "template.old"):
+    for unfinished in ("template.tmp", "template.old", "source.tmp"):
         _safe_rmtree(cfg.state_dir / unfinished)
 
 
@@ -945,9 +1079,12 @@ def _passwd_ids(root: Path, user: str) -> tuple[int, int]:
     raise HarnessError(f"user {user} missing from {root}/etc/passwd: rebuild the template")
 
 
-def _authorize_key(cfg: Config, root: Path) -> None:
+def _authorize_key(cfg: Config, root: Path, image: Image) -> None:
     public_key = cfg.key_path.with_suffix(".pub").read_text()
-    for user, home in (("root", "root"), (UNPRIVILEGED_USER, f"home/{UNPRIVILEGED_USER}")):
+    users = [("root", "root")]
+    if not image.bare:
+        users.append((UNPRIVILEGED_USER, f"home/{UNPRIVILEGED_USER}"))
+    for user, home in users:
         uid, gid = _passwd_ids(root, user)
         ssh_dir = root / home / ".ssh"
         ssh_dir.mkdir(mode=0o700, exist_ok=True)
@@ -958,12 +1095,21 @@ def _authorize_key(cfg: Config, root: Path) -> None:
             os.chown(path, uid, gid)
 
 
-def _prepare_root(cfg: Config, name: str, all_names: Sequence[str]) -> None:
+def _host_image(cfg: Config, name: str) -> str:
+    """The image NAME was booted from (hosts booted before images existed: the full one)."""
+    try:
+        return (cfg.host_dir(name) / "image").read_text().strip()
+    except FileNotFoundError:
+        return FULL_IMAGE
+
+
+def _prepare_root(cfg: Config, name: str, all_names: Sequence[str], image: Image) -> None:
     """Mount the host's overlay and give it its identity, address and keys."""
     host = _host(cfg, name)
     hd = cfg.host_dir(name)
     for sub in ("upper", "work", "root"):
         (hd / sub).mkdir(parents=True, exist_ok=True)
+    (hd / "image").write_text(image.name + "\n")
     root = hd / "root"
     _run(
         [
@@ -972,7 +1118,7 @@ def _prepare_root(cfg: Config, name: str, all_names: Sequence[str]) -> None:
             "overlay",
             "overlay",
             "-o",
-            f"lowerdir={cfg.template_dir},upperdir={hd / 'upper'},workdir={hd / 'work'}",
+            f"lowerdir={cfg.image_dir(image)},upperdir={hd / 'upper'},workdir={hd / 'work'}",
             str(root),
         ],
         what=f"overlay mount for {name}",
@@ -984,7 +1130,7 @@ def _prepare_root(cfg: Config, name: str, all_names: Sequence[str]) -> None:
     network_dir = root / "etc/systemd/network"
     network_dir.mkdir(parents=True, exist_ok=True)
     (network_dir / "10-host0.network").write_text(_networkd_config(host.address))
-    _authorize_key(cfg, root)
+    _authorize_key(cfg, root, image)
 
 
 def _create_cgroups(cfg: Config, name: str) -> None:
@@ -1046,9 +1192,11 @@ def _wait_for_ssh(cfg: Config, name: str, deadline: float) -> None:
         time.sleep(0.25)
 
 
-def _boot_host(cfg: Config, name: str, all_names: Sequence[str], deadline: float) -> None:
+def _boot_host(
+    cfg: Config, name: str, all_names: Sequence[str], deadline: float, image: Image
+) -> None:
     _release_host(cfg, name, quiet=True)  # leftovers of a crashed run, if any
-    _prepare_root(cfg, name, all_names)
+    _prepare_root(cfg, name, all_names, image)
     _create_cgroups(cfg, name)
     _spawn_supervisor(cfg, name)
     _wait_for_ssh(cfg, name, deadline)
@@ -1128,21 +1276,35 @@ def _leftover_names(cfg: Config) -> set[str]:
 
 
 # ----------------------------------------------------------------------------- public API
-def up(count: int, cfg: Config | None = None) -> list[Host]:
-    """Boot hosts 1..COUNT (keeping those already running) and return them, reachable over ssh."""
+def up(count: int, cfg: Config | None = None, images: Sequence[str] = ()) -> list[Host]:
+    """Boot hosts 1..COUNT (keeping those already running) and return them, reachable over ssh.
+    IMAGES names the image of host 1, 2, ... in turn (the full one for hosts not named)."""
     cfg = cfg or Config.from_env()
     _require_root()
     if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_HOSTS:
         raise HarnessError(f"host count {count!r}: expected a whole number from 1 to {MAX_HOSTS}")
+    if len(images) > count:
+        raise HarnessError(f"{len(images)} images named for {count} host(s)")
+    chosen = [image_named(name) for name in images]
+    chosen += [IMAGES[FULL_IMAGE]] * (count - len(chosen))
     with _locked(cfg):
         _ensure_deps_present()
-        _ensure_template(cfg, force=False)
+        for image in dict.fromkeys(chosen):
+            _ensure_template(cfg, force=False, image=image)
         _ensure_key(cfg)
         started = time.monotonic()
         _ensure_bridge(cfg)
         cfg.hosts_dir.mkdir(parents=True, exist_ok=True)
         wanted = [cfg.host_name(i) for i in range(1, count + 1)]
-        kept = running_host_names(cfg)
+        image_of = {cfg.host_name(i + 1): image for i, image in enumerate(chosen)}
+        kept = [
+            n
+            for n in running_host_names(cfg)
+            if _host_image(cfg, n) == image_of.get(n, IMAGES[FULL_IMAGE]).name
+        ]
+        for name in running_host_names(cfg):
+            if name not in kept:  # booted from another image: start it afresh
+                _release_host(cfg, name, quiet=True)
         to_boot = [n for n in wanted if n not in kept]
         every = sorted(set(wanted) | set(kept), key=lambda n: cfg.host_index(n) or 0)
         # Kept hosts learn about the new ones (written through the overlay, as the guest sees it).
@@ -1153,7 +1315,9 @@ def up(count: int, cfg: Config | None = None) -> list[Host]:
                 path.write_text(etc_hosts)
         deadline = time.monotonic() + cfg.boot_timeout
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(wanted)) as pool:
-            futures = [pool.submit(_boot_host, cfg, n, every, deadline) for n in to_boot]
+            futures = [
+                pool.submit(_boot_host, cfg, n, every, deadline, image_of[n]) for n in to_boot
+            ]
             # a kept host must still answer: it may have been running but broken
             futures += [pool.submit(_wait_for_ssh, cfg, n, deadline) for n in wanted if n in kept]
             for future in futures:
@@ -1217,8 +1381,11 @@ def purge(cfg: Config | None = None) -> None:
     cfg = cfg or Config.from_env()
     down(cfg)
     with _locked(cfg):
-        for path in ("template", "template.tmp", "template.old", "build.log"):
+        for path in ("template", "template.tmp", "template.old", "source.tmp", "build.log"):
             _safe_rmtree(cfg.state_dir / path)
+        for image in IMAGES.values():
+            _safe_rmtree(cfg.image_dir(image))
+            _safe_rmtree(cfg.source_dir(image))
         for key in (cfg.key_path, cfg.key_path.with_suffix(".pub")):
             key.unlink(missing_ok=True)
     (cfg.state_dir / ".lock").unlink(missing_ok=True)
@@ -1309,6 +1476,8 @@ def exec_argv(name: str, command: Sequence[str], cfg: Config | None = None) -> l
 
 # ----------------------------------------------------------------------------- supervisor
 def _nspawn_argv(cfg: Config, name: str) -> list[str]:
+    image = image_named(_host_image(cfg, name))
+    binds = [f"--bind-ro={cfg.source_dir(image)}:{BARE_SOURCE_MOUNT}"] if image.bare else []
     return [
         "systemd-nspawn",
         "--quiet",
@@ -1323,6 +1492,7 @@ def _nspawn_argv(cfg: Config, name: str) -> list[str]:
         "--timezone=off",
         "--link-journal=no",
         f"--network-bridge={cfg.bridge}",
+        *binds,
         INIT_WRAPPER,
     ]
 
@@ -1373,8 +1543,15 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("deps", help="install missing controller packages (apt-get)")
     build_cmd = commands.add_parser("build", help="build the template image unless current")
     build_cmd.add_argument("--force", action="store_true", help="rebuild even if current")
+    build_cmd.add_argument("--image", choices=sorted(IMAGES), default=FULL_IMAGE)
     up_cmd = commands.add_parser("up", help="boot hosts 1..N, print the inventory")
     up_cmd.add_argument("count", metavar="N")
+    up_cmd.add_argument(
+        "--images",
+        default="",
+        metavar="I1,I2,...",
+        help=f"image of host 1, 2, ... ({', '.join(sorted(IMAGES))}; default {FULL_IMAGE})",
+    )
     commands.add_parser("down", help="stop all hosts and remove every trace of them")
     stop_cmd = commands.add_parser("stop", help="stop one host and discard its overlay")
     stop_cmd.add_argument("name")
@@ -1402,9 +1579,9 @@ def _dispatch(args: argparse.Namespace, cfg: Config, out: IO[str]) -> int:
     if command == "deps":
         deps()
     elif command == "build":
-        build(args.force, cfg)
+        build(args.force, cfg, args.image)
     elif command == "up":
-        up(_parse_count(args.count), cfg)
+        up(_parse_count(args.count), cfg, [i for i in args.images.split(",") if i])
         out.write(inventory_ini(cfg))
     elif command == "down":
         down(cfg)

@@ -6,6 +6,7 @@ later runs reuse it. Tests that tear hosts down come last in the file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -328,6 +329,54 @@ def test_mirror_comes_from_deb822_and_one_line_sources(tmp_path: Path) -> None:
     assert testhosts.apt_source_entries(override, tmp_path) == [
         "deb http://m.invalid/debian bookworm main"
     ]
+
+
+def test_another_suite_is_read_from_the_same_mirrors(tmp_path: Path) -> None:
+    (tmp_path / "sources.list").write_text(
+        "deb http://mirror.invalid/debian bookworm main\n"
+        "deb http://sec.invalid/d bookworm-security main\n"
+    )
+    cfg = testhosts.Config.from_env({})
+    assert testhosts.apt_source_entries(cfg, tmp_path, suite="trixie") == [
+        "deb http://mirror.invalid/debian trixie main",
+        "deb http://sec.invalid/d trixie-security main",
+    ]
+    with pytest.raises(testhosts.HarnessError, match="image 'bare-sid': expected one of"):
+        testhosts.image_named("bare-sid")
+    # The full template keeps its id (and its directory): existing state dirs stay valid.
+    assert testhosts.template_id() == testhosts.template_id(testhosts.IMAGES["full"])
+    ids = {testhosts.template_id(image) for image in testhosts.IMAGES.values()}
+    assert len(ids) == len(testhosts.IMAGES)
+
+
+def test_a_bare_image_s_package_source_is_a_flat_apt_repository(tmp_path: Path) -> None:
+    """Two real .deb files made with dpkg-deb: the index names each with its checksum."""
+    for name in ("alpha", "beta"):
+        root = tmp_path / "build" / name
+        (root / "DEBIAN").mkdir(parents=True)
+        (root / "DEBIAN/control").write_text(
+            f"Package: {name}\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@t>\n"
+            f"Description: {name}\n"
+        )
+        repo = tmp_path / "repo"
+        repo.mkdir(exist_ok=True)
+        subprocess.run(
+            ["dpkg-deb", "--build", "--root-owner-group", str(root), str(repo / f"{name}.deb")],
+            check=True,
+            capture_output=True,
+        )
+    (repo / "partial").mkdir()
+    (repo / "lock").write_text("")
+    testhosts._write_apt_index(repo)
+    index = (repo / "Packages").read_text()
+    for name in ("alpha", "beta"):
+        data = (repo / f"{name}.deb").read_bytes()
+        assert f"Package: {name}\n" in index and f"Filename: ./{name}.deb\n" in index
+        assert f"SHA256: {hashlib.sha256(data).hexdigest()}\n" in index
+    release = (repo / "Release").read_text()
+    digest = hashlib.sha256((repo / "Packages").read_bytes()).hexdigest()
+    assert f" {digest} {len(index.encode())} Packages" in release and "Date: " in release
+    assert not (repo / "partial").exists() and not (repo / "lock").exists()
 
 
 def test_missing_apt_source_is_a_clear_error(tmp_path: Path) -> None:

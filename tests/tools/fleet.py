@@ -36,6 +36,11 @@ RUNNER = testinfra.utils.ansible_runner.AnsibleRunner(INVENTORY)
 HOSTS: List[str] = sorted(RUNNER.get_hosts("beamops_app"))
 STATE_FILE = "/opt/sample_app/release-state.json"
 SETTLE_SECONDS = 1.5
+# What the proxy answers on /, asked with python3: a bare host has no curl.
+SERVED_COMMAND = (
+    "python3 -c 'import urllib.request as u; "
+    'print(u.urlopen("http://127.0.0.1/", timeout=3).read().decode(), end="")\''
+)
 # The demo inventory's example secrets: no output, log or state file may ever show them.
 SECRET_KEY_BASE = "demo-only-secret-key-base-not-for-production-0123456789abcdef"
 
@@ -96,10 +101,7 @@ class Fleet:
 
     def served(self) -> Dict[str, str]:
         """What each host's proxy answers on / (version and slot)."""
-        return {
-            name: host.check_output("curl -s --max-time 3 http://127.0.0.1/")
-            for name, host in self.hosts.items()
-        }
+        return {name: host.check_output(SERVED_COMMAND) for name, host in self.hosts.items()}
 
     def _routing(self, name: str) -> tuple[str, str]:
         """The live slot in the proxy's file, and in its running memory (HAProxy's map)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, ClassVar, List, Sequence
 
@@ -237,10 +238,62 @@ def test_debian_s_default_nginx_site_goes_for_haproxy_too(
     tmp_path: Path, runtime_api: type[RuntimeApi], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ps, "NGINX_DEFAULT_SITE", str(tmp_path / "default"))
-    (tmp_path / "default").write_text("listen 80 default_server;\n")
+    (tmp_path / "default").write_text("server {\n  listen 80 default_server;\n}\n")
     runtime_api.loaded = [str(tmp_path / "app-live.map")]
     commands = Commands()
-    result = ps.ProxySetup(nginx(tmp_path, proxy="haproxy"), commands).apply()
+    # nginx's reload returns before its master closes port 80: HAProxy waits for that.
+    answers = [{22, 80}, {22, 80}, {22}]
+    polled: List[int] = []
+
+    def listening() -> set[int]:
+        polled.append(len(commands.seen))
+        return answers.pop(0) if answers else {22}
+
+    setup = ps.ProxySetup(nginx(tmp_path, proxy="haproxy"), commands, listening)
+    result = setup.apply()
     assert not (tmp_path / "default").exists()
     assert "removed Debian's default nginx site" in result.actions
     assert commands.ran("systemctl", "reload", "nginx.service")
+    assert len(polled) == 3 and not answers
+    restart = commands.seen.index(["systemctl", "restart", "haproxy.service"])
+    assert polled[-1] <= restart, "HAProxy started before nginx gave up port 80"
+
+
+def test_nginx_still_on_the_port_after_its_reload_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    clock = iter(range(0, 1000, 3))
+    monkeypatch.setattr(time, "monotonic", lambda: float(next(clock)))
+    (tmp_path / "app.conf").write_text("server {\n    listen 0.0.0.0:8080;\n}\n")
+    commands = Commands()
+    setup = ps.ProxySetup(nginx(tmp_path, proxy="haproxy"), commands, lambda: {8080})
+    with pytest.raises(ps.ProxySetupError, match=r"nginx still listens on port\(s\) \[8080\]"):
+        setup.apply()
+
+
+def test_listen_ports_come_from_nginx_sites_and_the_kernel_s_tables(tmp_path: Path) -> None:
+    site = "server {\n  listen 80;\n  listen [::]:81 ipv6only=on;\n  # listen 82;\n}\n"
+    assert ps.nginx_listen_ports(site) == {80, 81}
+    table = tmp_path / "tcp"
+    table.write_text(
+        "  sl  local_address rem_address   st tx_queue rx_queue\n"
+        "   0: 00000000:0050 00000000:0000 0A 00000000:00000000\n"
+        "   1: 0100007F:0FA1 0100007F:C350 01 00000000:00000000\n"
+    )
+    assert ps.listening_ports([str(table), str(tmp_path / "missing")]) == {80}
+
+
+def test_a_proxy_not_installed_is_named_with_the_variable_that_installs_it(
+    tmp_path: Path,
+) -> None:
+    sbin = tmp_path / "sbin"
+    sbin.mkdir()
+    message = ps.proxy_missing("nginx", [str(sbin)])
+    assert message is not None
+    assert message.startswith("nginx (beamops_proxy) is not installed on this host")
+    assert "beamops_install_packages" in message and str(sbin) in message
+    (sbin / "nginx").write_text("#!/bin/sh\n")
+    assert ps.proxy_missing("nginx", [str(sbin)]) is not None  # not executable: not a command
+    (sbin / "nginx").chmod(0o755)
+    assert ps.proxy_missing("nginx", [str(sbin)]) is None
