@@ -116,6 +116,11 @@ class StateFileError(ReleaseStateError):
     """The state file or its lock file cannot be read, parsed, locked or written."""
 
 
+class DamagedStateError(StateFileError):
+    """The file's content is not a state (not JSON, a field wrong): the repair action may
+    rebuild it. A file of a newer schema, or one that cannot be read, is not damaged."""
+
+
 class FileLockTimeout(StateFileError):
     """Another process kept the state file lock longer than the timeout."""
 
@@ -326,6 +331,15 @@ def _validate_formats(request: Request) -> None:
         _check_absolute_path("releases_dir", request.releases_dir)
 
 
+def is_version(value: object) -> bool:
+    """Whether VALUE can name a release (and its directory under releases/)."""
+    return isinstance(value, str) and _VERSION_RE.fullmatch(value) is not None
+
+
+def is_sha256(value: object) -> bool:
+    return isinstance(value, str) and _SHA256_RE.fullmatch(value) is not None
+
+
 def check_version(name: str, value: object) -> None:
     if not isinstance(value, str) or not _VERSION_RE.fullmatch(value):
         _invalid(
@@ -393,15 +407,15 @@ def parse_state(text: str, path: str) -> State:
     try:
         raw = json.loads(text)
     except ValueError as exc:
-        raise StateFileError(
+        raise DamagedStateError(
             f"release state file {path} is corrupt: not valid JSON ({exc}); {_CORRUPT_HINT}"
         ) from None
     return _StateParser(path).state(raw)
 
 
 _CORRUPT_HINT = (
-    "it was left untouched. Restore it from a backup, or move it aside to start from an empty "
-    "state (this forgets which release is active and which are good)"
+    "it was left untouched. Run playbooks/repair.yml to rebuild it from what runs on the host "
+    "(the damaged file is kept beside it), or restore it from a backup"
 )
 
 
@@ -412,7 +426,7 @@ class _StateParser:
         self.path = path
 
     def fail(self, where: str, expected: str, got: object) -> NoReturn:
-        raise StateFileError(
+        raise DamagedStateError(
             f"release state file {self.path} is corrupt: {where} must be {expected}, "
             f"got {got!r}; {_CORRUPT_HINT}"
         )
@@ -560,7 +574,11 @@ def read_state(path: str) -> Tuple[State, Optional[str]]:
             text = handle.read()
     except FileNotFoundError:
         return empty_state(), None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise DamagedStateError(
+            f"release state file {path} is corrupt: not UTF-8 text ({exc}); {_CORRUPT_HINT}"
+        ) from None
+    except OSError as exc:
         raise StateFileError(f"cannot read release state file {path}: {exc}") from None
     return parse_state(text, path), text
 
@@ -987,7 +1005,21 @@ def _routing_view(state: State, where: Optional[routing.Routing]) -> Dict[str, A
             f"the state says {active['version']} serves on slot {active['slot']}, but the "
             f"proxy routes to slot {routed}"
         )
-    return {"routed_slot": routed, "drift": drift}
+    return {"routed_slot": routed, "drift": drift or _lost_state(state, where, routed)}
+
+
+def _lost_state(state: State, where: routing.Routing, routed: Optional[str]) -> str:
+    """Why the state looks lost (it knows no release while the proxy routes to a slot that
+    runs one), or ''. Read only: the lock refuses such a state, the repair rebuilds it."""
+    if state["active"] is not None or state["releases"] or routed is None:
+        return ""
+    version = routing.slot_version(where, routed)
+    if version is None:
+        return ""
+    return (
+        f"the state knows no release, but the proxy routes to slot {routed} running {version}: "
+        "the state was lost; run playbooks/repair.yml"
+    )
 
 
 def follow_the_proxy(
@@ -1023,10 +1055,22 @@ def follow_the_proxy(
 
 def _follow_the_proxy(ctx: _Context, outcome: _Outcome) -> None:
     where = routing.routing_from(ctx.request.routing)
+    _refuse_a_lost_state(ctx.state, where, ctx.request.path)
     view, warning = follow_the_proxy(ctx.state, where, ctx.timestamp, ctx.request.run_id)
     outcome.extra.update(view)
     if warning:
         outcome.warnings.append(warning)
+
+
+def _refuse_a_lost_state(state: State, where: Optional[routing.Routing], path: str) -> None:
+    """A state that knows no release on a host whose proxy routes to a slot running one was
+    lost (deleted, restored from an old backup): a deploy would forget what serves and what
+    to roll back to. The repair rebuilds it from the host first."""
+    lost = _lost_state(state, where, routing.routed_slot(where)) if where else ""
+    if lost:
+        raise ReleaseStateError(
+            f"{path}: {lost} to rebuild it from the host (nothing is restarted), then deploy again"
+        )
 
 
 def _do_unlock(ctx: _Context) -> _Outcome:

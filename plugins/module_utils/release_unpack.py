@@ -23,7 +23,11 @@ import shutil
 import tarfile
 from typing import List, Optional
 
-from ansible_collections.beamops.release.plugins.module_utils import app_account, release_state
+from ansible_collections.beamops.release.plugins.module_utils import (
+    app_account,
+    release_state,
+    state_repair,
+)
 from ansible_collections.beamops.release.plugins.module_utils.atomic_file import (
     write_if_changed,
 )
@@ -127,6 +131,8 @@ def _install_release(request: Request, check_mode: bool) -> Result:
     present = os.path.isfile(os.path.join(request.release_dir, "bin", request.app))
     if present and known == sha256:
         result = Result(msg=f"release {request.version} already installed", epmd=_epmd(request))
+        if not check_mode:
+            _ensure_record(request, sha256)
         if result.epmd is None and not check_mode:
             # The helper directory was emptied since: put epmd back.
             result.epmd = _install_epmd(request)
@@ -148,6 +154,8 @@ def _install_release(request: Request, check_mode: bool) -> Result:
     except BaseException:
         shutil.rmtree(request.partial_dir, ignore_errors=True)
         raise
+    installed_at = release_state.format_timestamp(release_state.utc_now())
+    state_repair.write_record(request.partial_dir, request.version, sha256, installed_at)
     os.rename(request.partial_dir, request.release_dir)
     release_state.execute(
         release_state.Request(
@@ -162,6 +170,18 @@ def _install_release(request: Request, check_mode: bool) -> Result:
     return Result(
         changed=True, installed=True, msg=f"release {request.version} installed", epmd=epmd
     )
+
+
+def _ensure_record(request: Request, sha256: str) -> None:
+    """Releases installed before install records existed get theirs on the next deploy."""
+    if state_repair.read_record(request.release_dir, request.version) is not None:
+        return
+    state, _unused = release_state.read_state(request.state_path)
+    known = state["releases"].get(request.version)
+    installed_at = (
+        known["installed_at"] if known else release_state.format_timestamp(release_state.utc_now())
+    )
+    state_repair.write_record(request.release_dir, request.version, sha256, installed_at)
 
 
 def _verify_and_unpack(request: Request, sha256: str) -> None:

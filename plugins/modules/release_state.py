@@ -58,9 +58,18 @@ options:
         from the state. It never removes the active, previous, last good or rollback candidate
         release, nor anything in I(protect); directories the state does not know are reported in
         C(unknown) and left alone.
+      - C(repair) makes the state agree with what runs on the host (needs I(routing)). A missing
+        or damaged file is rebuilt from the release directories (each with the install record
+        written when it was unpacked), the slot links, the slot units that run and the slot the
+        proxy routes to - that slot's release is active and recorded good, the other slot's is
+        previous but only installed (a rollback must name it). A damaged file is kept as
+        C(<path>.damaged-<time>); a file of a newer schema is refused. An intact state follows
+        the proxy, learns recorded releases it lacks and forgets releases whose directory is
+        gone. Nothing is started, stopped or reloaded. Refused while a cutover runs on the host,
+        and while another run holds the deploy lock unless I(force=true).
     type: str
     required: true
-    choices: [read, lock, unlock, register, mark, activate, record_event, prune]
+    choices: [read, lock, unlock, register, mark, activate, record_event, prune, repair]
   base_dir:
     description:
       - Application base directory. The state file defaults to C(<base_dir>/release-state.json)
@@ -166,9 +175,9 @@ options:
     default: ""
   routing:
     description:
-      - For I(action=read) and I(action=lock), where the host's proxy says which slot it routes
-        to - keys C(proxy) (C(nginx) or C(haproxy)), C(app), C(nginx_upstream_file),
-        C(haproxy_map_file) and C(slots_dir) (the slot links).
+      - For I(action=read), I(action=lock) and I(action=repair) (required), where the host's
+        proxy says which slot it routes to - keys C(proxy) (C(nginx) or C(haproxy)), C(app),
+        C(nginx_upstream_file), C(haproxy_map_file) and C(slots_dir) (the slot links).
       - I(action=read) then reports RV(routed_slot) and RV(drift). I(action=lock) also makes the
         state follow the proxy when they disagree (a run killed between its switch and its state
         write); the routed slot and the release its link points to become the active ones, with
@@ -473,12 +482,32 @@ missing:
   returned: when I(action=prune)
   type: list
   elements: str
+repair:
+  description:
+    - What the host showed and what the repair did - C(routed_slot), C(slots) (each slot's
+      C(version) by its link and whether its unit C(running)), C(recorded) and C(unrecorded)
+      release directories, C(rebuilt) (a missing or damaged file) or reconciled, C(damage)
+      (why the file was damaged), C(damaged_file_kept_as), and C(notes) (also warnings).
+  returned: when I(action=repair)
+  type: dict
+  sample:
+    routed_slot: green
+    slots: {blue: {version: 0.1.0, running: true}, green: {version: 0.2.0, running: true}}
+    recorded: [0.1.0, 0.2.0]
+    unrecorded: []
+    rebuilt: true
+    damage: null
+    damaged_file_kept_as: null
+    notes: ["0.2.0 serves on slot green (recorded good)"]
 """
 
-from typing import Any, Dict, Optional  # noqa: E402 - after the documentation blocks, as ansible expects
+from typing import Any, Dict, List, Optional  # noqa: E402 - after the documentation blocks, as ansible expects
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible_collections.beamops.release.plugins.module_utils import deploy_metrics  # noqa: E402
+from ansible_collections.beamops.release.plugins.module_utils import (  # noqa: E402
+    deploy_metrics,
+    state_repair,
+)
 from ansible_collections.beamops.release.plugins.module_utils.release_state import (  # noqa: E402
     ACTIONS,
     MARKABLE_STATUSES,
@@ -490,7 +519,7 @@ from ansible_collections.beamops.release.plugins.module_utils.release_state impo
 )
 
 ARGUMENT_SPEC: Dict[str, Dict[str, Any]] = {
-    "action": {"type": "str", "required": True, "choices": list(ACTIONS)},
+    "action": {"type": "str", "required": True, "choices": [*ACTIONS, "repair"]},
     "base_dir": {"type": "path"},
     "path": {"type": "path"},
     "run_id": {"type": "str"},
@@ -522,7 +551,20 @@ REQUIRED_IF = [
     ("action", "activate", ["slot", "version"]),
     ("action", "record_event", ["event"]),
     ("action", "prune", ["keep"]),
+    ("action", "repair", ["routing"]),
 ]
+
+
+def running_slots(module: AnsibleModule, app: str) -> List[str]:
+    """The slots whose unit systemd reports active."""
+    running = []
+    for slot in SLOTS:
+        rc, _out, _err = module.run_command(
+            ["systemctl", "is-active", "--quiet", f"{app}@{slot}.service"]
+        )
+        if rc == 0:
+            running.append(slot)
+    return running
 
 
 def publish_lock_metrics(module: AnsibleModule, lock: Optional[Dict[str, Any]]) -> None:
@@ -545,7 +587,12 @@ def main() -> None:
     )
     try:
         request = request_from_params(module.params)
-        result = execute(request, check_mode=module.check_mode)
+        if request.action == "repair":
+            app = str((request.routing or {}).get("app", ""))
+            running = running_slots(module, app)
+            result = state_repair.repair(request, running, check_mode=module.check_mode)
+        else:
+            result = execute(request, check_mode=module.check_mode)
     except LockHeldError as exc:
         module.fail_json(msg=str(exc), lock=exc.lock)
     except ReleaseStateError as exc:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from tests.tools.fleet import HOSTS, SECRET_KEY_BASE, Fleet, address, deploykit
 from tests.tools.prometheus import Prometheus, wait_for
+from tests.tools.runbooks import Runbook
 from tests.tools.webhook_receiver import WebhookReceiver
 
 # beamops_prometheus_scrape_interval in group_vars. Prometheus holds a discovery change up to
@@ -192,32 +192,30 @@ def test_a_release_failing_after_the_switch_shows_in_metrics_and_alerts(fleet: F
     assert firing
 
 
-def runbook_blocks(name: str, where: str) -> List[str]:
-    """The runbook's shell blocks whose first line says where they run."""
-    text = (deploykit.REPO / "docs" / "runbooks" / name).read_text()
-    blocks = re.findall(r"```sh\n(.*?)```", text, re.DOTALL)
-    return [b for b in blocks if b.startswith(f"# {where}\n")]
-
-
 def test_the_failed_deploy_runbook_finds_what_the_release_said(fleet: Fleet) -> None:
     """docs/runbooks/deploy-failed.md, as written, on a host whose 0.4.0 just failed."""
     host = fleet.hosts["bo2"]
-    on_host = runbook_blocks("deploy-failed.md", "on the host")
-    assert len(on_host) == 3
-    env = "APP=sample_app SLOT=blue VERSION=0.4.0"
-    outputs = [host.run(f"{env} bash -euo pipefail -c {shlex.quote(block)}") for block in on_host]
-    for block, shown in zip(on_host, outputs):
-        assert shown.rc == 0 and shown.stdout.strip(), (block, shown.stderr)
-    events = [json.loads(line) for line in outputs[0].stdout.splitlines()]
+    page = Runbook(
+        "deploy-failed.md",
+        {
+            "INVENTORY": fleet.inventories[0],
+            "APP": "sample_app",
+            "SLOT": "blue",
+            "VERSION": "0.4.0",
+        },
+    )
+    assert "playbooks/status.yml" in page.blocks[0].script
+    page.ok(0)
+    outputs = [page.ok(index, host).stdout for index in (1, 2, 3)]
+    for shown in outputs:
+        assert shown.strip()
+    events = [json.loads(line) for line in outputs[0].splitlines()]
     assert any(e["version"] == "0.4.0" and e["result"] == "switched_back" for e in events)
     # Only 0.4.0's lines, from the slot it ran in: the release said it started.
-    release_said = outputs[1].stdout
+    release_said = outputs[1]
     assert "0.4.0" in release_said and "0.1.0" not in release_said, release_said
-    assert "Starting sample_app@blue.service" in outputs[2].stdout
-    (on_controller,) = runbook_blocks("deploy-failed.md", "on the controller")
-    assert "playbooks/status.yml" in on_controller
-    status = fleet.playbook("status")
-    assert status.rc == 0, status.tail()
+    assert "Starting sample_app@blue.service" in outputs[2]
+    page.all_run()
 
 
 def test_a_rollback_moves_the_targets_and_resolves_the_failed_deploy_alert(
@@ -322,10 +320,10 @@ def test_a_lock_by_hand_freezes_deploys_until_given_back(fleet: Fleet) -> None:
     (naming who and why) with nothing changed, the lock in Prometheus, unlock.yml."""
     nothing = fleet.playbook("lock")
     assert nothing.rc != 0 and "beamops_lock_reason: got" in nothing.output, nothing.tail()
-    reason = {"beamops_lock_reason": "frozen for the incident"}
-    run = fleet.playbook("lock", "-e", json.dumps(reason))
-    assert run.rc == 0, run.tail()
-    status = fleet.playbook("status")
+    # docs/runbooks/freeze-deploys.md, as written
+    page = Runbook("freeze-deploys.md", {"INVENTORY": fleet.inventories[0]})
+    page.ok(0)
+    status = page.ok(1)
     for name in HOSTS:
         assert re.search(
             rf"{name}.*?held by \S+@\S+ since \S+: frozen for the incident",
@@ -347,10 +345,10 @@ def test_a_lock_by_hand_freezes_deploys_until_given_back(fleet: Fleet) -> None:
         ),
         3 * SCRAPE,
     )
-    given_back = fleet.playbook("unlock")
-    assert given_back.rc == 0, given_back.tail()
-    assert given_back.output.count("gave back the lock of") == len(HOSTS), given_back.tail()
+    given_back = page.ok(2)
+    assert given_back.output.count("gave back the lock of") == len(HOSTS), given_back.output
     assert "deploy_lock: free" in fleet.playbook("status").output
+    page.all_run()
     assert fleet.deploy("0.2.0").rc == 0
 
 

@@ -14,6 +14,7 @@ from typing import Callable, List, Optional
 import pytest
 from ansible_collections.beamops.release.plugins.module_utils import release_state as rs
 from ansible_collections.beamops.release.plugins.module_utils import release_unpack as ru
+from ansible_collections.beamops.release.plugins.module_utils import state_repair
 
 Member = Callable[[tarfile.TarFile], None]
 
@@ -81,8 +82,15 @@ def test_a_release_installs_root_owned_without_set_id_bits_then_is_left_alone(
     assert not Path(first.partial_dir).exists()
     state, _unused = rs.read_state(first.state_path)
     assert state["releases"]["1.0.0"]["sha256"] == first.sha256
+    record = state_repair.read_record(first.release_dir, "1.0.0")
+    assert record is not None and record["sha256"] == first.sha256
+    # A release installed before records existed gets its own on the next deploy of it.
+    os.unlink(state_repair.record_path(first.release_dir))
     again = ru.install(first)
     assert not again.changed and not again.installed and "already installed" in again.msg
+    backfilled = state_repair.read_record(first.release_dir, "1.0.0")
+    assert backfilled is not None and backfilled["sha256"] == first.sha256
+    assert backfilled["installed_at"] == state["releases"]["1.0.0"]["installed_at"]
     known = ru.install(ru.Request(**{**first.__dict__, "src": None}))
     assert not known.needs_transfer and not known.changed
 
