@@ -219,7 +219,7 @@ def _check_version(inputs: Inputs) -> Iterator[str]:
         sha = inputs.get("beamops_release_sha256")
         if not isinstance(sha, str) or not SHA256.fullmatch(sha):
             yield f"beamops_release_sha256: got {shown(sha)}; expected 64 hex digits"
-    elif inputs.has("rollback_to"):
+    elif inputs.get("rollback_to") not in (None, ""):  # blank: a survey left empty
         yield from _version("rollback_to", inputs.get("rollback_to"))
 
 

@@ -114,6 +114,7 @@ def extended_inventory(directory: Path, inventory: str, extra: Mapping[str, str]
     host_vars/<host>/ directories as real directories of symlinks), plus the files EXTRA maps
     (relative path -> text): an operator's inventory with one more host or one vault file."""
     source = Path(inventory).parent
+    directory.mkdir(parents=True, exist_ok=True)
     for entry in source.iterdir():
         target = directory / entry.name
         if entry.name in ("group_vars", "host_vars") and entry.is_dir():

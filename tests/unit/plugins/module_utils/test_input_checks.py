@@ -134,6 +134,8 @@ def test_rollback_checks_rollback_to_not_the_deploy_version() -> None:
     assert ic.problems({**GOOD, "beamops_release_version": None}, "rollback") == []
     found = ic.problems({**GOOD, "rollback_to": "../x"}, "rollback")
     assert found and found[0].startswith("rollback_to: got '../x'")
+    # An AWX survey question left blank passes an empty string: the host's candidate.
+    assert ic.problems({**GOOD, "rollback_to": ""}, "rollback") == []
 
 
 def test_no_cookie_is_needed_without_distribution() -> None:
