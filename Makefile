@@ -25,11 +25,12 @@ export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/build/collections
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help deps venv collection promtool image hosts down release demo test unit lint bench clean
+.PHONY: help deps venv collection promtool oldest-core image hosts down release demo test unit lint bench clean \
+	docs changelog
 
 help:
 	@sed -n '2,3p' Makefile | sed 's/^# *//'
-	@echo "  make lint | bench | hosts N=3 | down | release VERSION=x.y.z | clean"
+	@echo "  make lint | docs | bench | hosts N=3 | down | release VERSION=x.y.z | changelog | clean"
 
 $(STAMP):
 	@mkdir -p $@
@@ -63,6 +64,17 @@ $(PROMTOOL): $(STAMP)/deps
 	@ln -sfn $(CURDIR)/build/tools/prometheus-deb/root/usr/bin/promtool $@
 	@$@ --version | head -1
 
+# The oldest ansible-core requires_ansible claims, in a venv of its own for the oldest-core
+# scenario (the main venv has the newest): tests/matrix/ pins it and what it pulls in.
+OLDEST_CORE := $(CURDIR)/build/tools/ansible-core-2.19.0
+oldest-core: $(STAMP)/oldest-core
+$(STAMP)/oldest-core: tests/matrix/ansible-core-2.19.0.txt $(STAMP)/deps
+	@[ -x $(OLDEST_CORE)/bin/python ] || $(PYTHON) -m venv $(OLDEST_CORE)
+	@$(OLDEST_CORE)/bin/python -m pip install -q --disable-pip-version-check \
+	  -r tests/matrix/ansible-core-2.19.0.txt
+	@$(OLDEST_CORE)/bin/ansible --version | head -1
+	@touch $@
+
 collection: $(CURDIR)/build/collections/ansible_collections/beamops/release
 $(CURDIR)/build/collections/ansible_collections/beamops/release:
 	@mkdir -p $(dir $@) $(CURDIR)/build/mypy_path/ansible_collections/beamops
@@ -85,10 +97,28 @@ demo: venv collection image
 	@$(BIN)/python tests/tools/demo.py
 
 unit: venv collection promtool
-	@$(BIN)/pytest tests/unit -q
+	@$(BIN)/pytest tests/unit -q --cov --cov-report=term-missing:skip-covered
 
 lint: venv collection
 	@$(BIN)/pytest tests/lint -q
+
+# The collection's documentation site (antsibull-docs + Sphinx, warnings as errors) in
+# build/docs/build/html. Built offline: no intersphinx inventories (docs.ansible.com and
+# docs.python.org are out of reach), so references into them stay plain text; the
+# collection's own references are checked by antsibull-docs lint-collection-docs (make lint).
+docs: venv collection
+	@rm -rf $(CURDIR)/build/docs && install -d -m 0755 $(CURDIR)/build/docs
+	@$(BIN)/antsibull-docs sphinx-init --use-current --squash-hierarchy --fail-on-error \
+	  --dest-dir $(CURDIR)/build/docs beamops.release >/dev/null
+	@printf '%s\n' '' 'intersphinx_mapping = {}' 'suppress_warnings = ["ref.ref"]' \
+	  >> $(CURDIR)/build/docs/conf.py
+	@cd $(CURDIR)/build/docs && ./build.sh >/dev/null
+	@echo "[docs] $(CURDIR)/build/docs/build/html/index.html"
+
+# A release of the changelog: changelogs/fragments/ become CHANGELOG.rst's section for the
+# version in galaxy.yml (maintainers, when they tag a release).
+changelog: venv
+	@$(BIN)/antsibull-changelog release
 
 bench: venv collection image
 	@$(BIN)/python bench/run.py
@@ -100,6 +130,7 @@ test: collection
 	@$(STAGE) venv $(MAKE) --no-print-directory venv
 	@$(STAGE) image $(MAKE) --no-print-directory image
 	@$(STAGE) promtool $(MAKE) --no-print-directory promtool
+	@$(STAGE) oldest-core $(MAKE) --no-print-directory oldest-core
 	@$(BIN)/pytest tests --durations=15
 
 clean: down

@@ -118,6 +118,8 @@ class Image:
 FULL_IMAGE = "full"
 IMAGES: Mapping[str, Image] = {
     FULL_IMAGE: Image(FULL_IMAGE, SUITE, TEMPLATE_PACKAGES, bare=False),
+    # The full template's packages on Debian 13: the deploy scenario runs on it too.
+    "full-trixie": Image("full-trixie", "trixie", TEMPLATE_PACKAGES, bare=False),
     "bare-bookworm": Image("bare-bookworm", "bookworm", BARE_PACKAGES, bare=True),
     "bare-trixie": Image("bare-trixie", "trixie", BARE_PACKAGES, bare=True),
 }

@@ -19,7 +19,9 @@ from typing import Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[2]
 RELEASES = REPO / "build" / "releases"
-BIN = Path(sys.executable).parent
+# The Ansible that runs the playbooks: this venv's, or another ansible-core's (the oldest-core
+# scenario points BEAMOPS_ANSIBLE_BIN at the oldest release requires_ansible claims).
+BIN = Path(os.environ.get("BEAMOPS_ANSIBLE_BIN") or Path(sys.executable).parent)
 RECAP = re.compile(
     r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
     r"unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)",

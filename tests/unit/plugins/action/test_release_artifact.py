@@ -12,6 +12,10 @@ import subprocess
 from pathlib import Path
 from typing import Any, Dict
 
+import pytest
+from ansible.errors import AnsibleActionFail
+from ansible_collections.beamops.release.plugins.action import release_artifact as action
+
 from tests.unit.conftest import ScriptedServer
 from tests.unit.plugins.module_utils.test_release_unpack import (
     RELEASE,
@@ -89,3 +93,23 @@ def test_a_url_is_downloaded_once_and_only_a_matching_one_is_kept(
 
     gone = run_action({**args, "src": http_server.url("/missing"), "version": "3.0.0"})
     assert gone["failed"] and "could not be downloaded" in gone["msg"]
+
+
+def test_download_keeps_only_a_matching_file_and_names_the_url(
+    tmp_path: Path, http_server: ScriptedServer
+) -> None:
+    """The action's download step in this process: a matching body renamed into place (0600),
+    a wrong one or an unreachable URL refused naming the URL, no partial file left."""
+    body = b"release bytes" * 1000
+    good = hashlib.sha256(body).hexdigest()
+    url = http_server.script("/r.tar.gz", [(200, body)])
+    dest = tmp_path / "cache" / "r.tar.gz"
+    action.download(url, str(dest), good, timeout=5)
+    assert dest.read_bytes() == body and (dest.stat().st_mode & 0o777) == 0o600
+    with pytest.raises(
+        AnsibleActionFail, match=r"the download has sha256 .* not beamops_release_sha256"
+    ):
+        action.download(url, str(tmp_path / "cache" / "other.tar.gz"), "0" * 64, timeout=5)
+    with pytest.raises(AnsibleActionFail, match=r"http://127\.0\.0\.1:1/x could not be downloaded"):
+        action.download("http://127.0.0.1:1/x", str(tmp_path / "cache" / "x"), good, timeout=5)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["r.tar.gz"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -19,8 +20,10 @@ from ansible_collections.beamops.release.plugins.module_utils import (
 from ansible_collections.beamops.release.plugins.module_utils import (
     release_state as rs,
 )
+from ansible_collections.beamops.release.plugins.modules import slot_cutover
 
 from tests.unit.conftest import ScriptedServer, start_server, stop_server
+from tests.unit.plugins.modules.test_entry_points import run
 
 READY = (200, '{"status": "ready", "slot": "blue"}')
 
@@ -620,3 +623,54 @@ def test_a_held_cutover_stops_ready_before_the_switch_and_the_next_call_switches
     done = cutover(settings, running, proxy).execute()
     assert (done.result, done.stage, done.started) == ("ok", "done", "already running"), done.msg
     assert [p for p, _f, _unused in proxy.routes] == ["blue"]
+
+
+# --------------------------------------------------------------------------- edges and main()
+def test_a_command_that_hangs_or_is_missing_is_an_exit_status_not_an_exception() -> None:
+    hung = co.run_command(["sleep", "5"], 0.2)
+    assert hung.returncode == 124 and "timed out after 0.2s" in hung.stderr
+    missing = co.run_command(["/nonexistent/beamops-tool"], 5)
+    assert missing.returncode == 127 and "beamops-tool" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"slot_ports": {"blue": 4001, "green": 4001}}, "slot_ports must map blue and green"),
+        ({"proxy": "traefik"}, "proxy must be one of nginx, haproxy, got 'traefik'"),
+        ({"nginx_access_log": ""}, "nginx needs nginx_upstream_file and nginx_access_log"),
+        ({"proxy": "haproxy"}, "haproxy needs haproxy_map_file"),
+        ({"watch_interval": 0}, "watch_interval must be more than 0, got 0"),
+        ({"drain_seconds": -1}, "drain_seconds must be 0 or more, got -1"),
+        ({"watch_failure_threshold": 0}, "watch_failure_threshold must be 1 or more, got 0"),
+        ({"colour": "blue"}, "unknown cutover settings: colour"),
+    ],
+    ids=["ports", "proxy", "nginx-files", "haproxy-map", "interval", "drain", "threshold",
+         "unknown"],
+)  # fmt: skip
+def test_bad_settings_are_refused_naming_each_one(
+    tmp_path: Path, slots: Dict[str, ScriptedServer], change: Dict[str, object], message: str
+) -> None:
+    raw = {**dataclasses.asdict(make_settings(tmp_path, slots)), **change}
+    with pytest.raises(co.CutoverError, match=re.escape(message)):
+        co.settings_from_dict(raw)
+    incomplete = {k: v for k, v in raw.items() if k not in ("app", "colour")}
+    with pytest.raises(co.CutoverError, match="incomplete cutover settings"):
+        co.settings_from_dict(incomplete)
+
+
+def test_the_module_in_check_mode_says_what_it_would_do_and_writes_nothing(
+    tmp_path: Path, slots: Dict[str, ScriptedServer]
+) -> None:
+    """slot_cutover's main() in this process (check mode: no gate installed, no settings saved)."""
+    settings = make_settings(tmp_path, slots)
+    options = set(slot_cutover.ARGUMENT_SPEC)
+    given = {k: v for k, v in dataclasses.asdict(settings).items() if k in options}
+    args = {**given, "slot": "green", "version": "0.2.0",
+            "from_slot": "blue", "from_version": "0.1.0", "host": "web1"}  # fmt: skip
+    preview = run(slot_cutover.main, args, check=True)
+    assert not preview.get("failed"), preview.get("msg")
+    assert preview["changed"] and preview["slot"] == "green" and preview["from_version"] == "0.1.0"
+    assert "would be started, switched to and watched" in preview["msg"]
+    assert preview["tools_changed"] == []
+    assert not (tmp_path / "etc" / "cutover.json").exists()

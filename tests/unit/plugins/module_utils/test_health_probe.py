@@ -6,6 +6,7 @@ managed hosts it runs as a plain script, so the tests hold it to that.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -642,3 +643,24 @@ def test_the_command_line_prefixes_its_verdict_for_the_journal(
     assert hp.main(["--url", url, "--deadline", "20", "--pid", str(child.pid)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("readiness gate: ") and f"process {child.pid} exited" in err
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"urls": [7]}, "expected a string, got 7"),
+        ({"urls": ["http://app:port/x"]}, "http://app:port/x"),
+        ({"status_codes": []}, "must be a non-empty list of HTTP status codes"),
+        ({"json_fields": ["status"]}, "must be a mapping of dotted path to expected value"),
+        ({"headers": "X-A: 1"}, "must be a mapping of header name to value"),
+        ({"timeout": "2"}, "timeout"),
+        ({"success_threshold": 1.5}, "success_threshold must be an integer, got 1.5"),
+        ({"failure_threshold": True}, "failure_threshold must be an integer, got True"),
+    ],
+    ids=["url-not-text", "bad-port", "no-codes", "fields-list", "headers-text", "timeout-text",
+         "threshold-float", "threshold-bool"],
+)  # fmt: skip
+def test_every_malformed_setting_gets_its_own_message(change: Dict[str, Any], message: str) -> None:
+    config = dataclasses.replace(hp.ProbeConfig(urls=["http://127.0.0.1:1/ready"]), **change)
+    errors = hp.validate_config(config)
+    assert any(message in error for error in errors), errors

@@ -14,6 +14,7 @@ from ansible_collections.beamops.release.plugins.module_utils import cutover as 
 from ansible_collections.beamops.release.plugins.module_utils import host_tools
 from ansible_collections.beamops.release.plugins.module_utils import release_state as rs
 from ansible_collections.beamops.release.plugins.module_utils import rollback as rb
+from ansible_collections.beamops.release.plugins.modules import slot_rollback
 
 from tests.unit.conftest import ScriptedServer
 from tests.unit.plugins.module_utils.test_cutover import (
@@ -23,6 +24,7 @@ from tests.unit.plugins.module_utils.test_cutover import (
     make_settings,
     slots,
 )
+from tests.unit.plugins.modules.test_entry_points import run
 
 __all__ = ["slots"]  # the fixture, re-used
 
@@ -247,3 +249,19 @@ def test_a_re_run_with_nothing_left_to_do_still_ends_the_dead_run_s_lock(
     assert out.result == "unchanged"
     assert any("took over the forced deploy lock" in w for w in out.warnings), out.warnings
     assert rs.read_state(settings.state_path)[0]["lock"] is None
+
+
+def test_the_module_plans_in_check_mode_and_refuses_without_a_deploy(
+    settings: co.Settings, tmp_path: Path
+) -> None:
+    """slot_rollback's main() in this process: a plan only (nothing locked or started), and a
+    host no deploy ever reached refused naming the host."""
+    co.save_settings(settings)
+    args = {"config_dir": settings.config_dir, "run_id": "r9", "holder": "ops@ci", "host": "web1"}
+    planned = run(slot_rollback.main, {**args, "plan_only": True})
+    assert planned["result"] == "planned" and planned["plan"]["version"] == "0.1.0"
+    assert planned["lock"] is None and not planned["changed"]
+    previewed = run(slot_rollback.main, {**args, "to": "0.2.0"}, check=True)
+    assert previewed["result"] == "planned" and previewed["plan"]["noop"]
+    nowhere = run(slot_rollback.main, {**args, "config_dir": str(tmp_path / "none")})
+    assert nowhere["failed"] and nowhere["msg"].startswith("web1: ")

@@ -151,3 +151,17 @@ def test_a_forced_take_over_waits_for_a_cutover_still_running(tmp_path: Path) ->
     assert rs.cutover_running(path) is None
     taken = rs.execute(forced)
     assert taken["lock"]["run_id"] == "r2" and taken["stolen_from"]["run_id"] == "killed"
+
+
+def test_a_file_without_the_live_entry_or_no_file_names_no_slot(tmp_path: Path) -> None:
+    """A proxy never set up (no file), one whose file lacks the line, or one pointing at
+    another app: no routed slot, never a guess."""
+    upstream, live_map = tmp_path / "app.upstream", tmp_path / "app-live.map"
+    assert ro.nginx_live_slot(str(upstream)) is None
+    assert ro.haproxy_live_slot(str(live_map), "app") is None
+    upstream.write_text("upstream app_live { server 127.0.0.1:4001; }\n")
+    live_map.write_text("live other_blue\n")
+    assert ro.nginx_live_slot(str(upstream)) is None
+    assert ro.haproxy_live_slot(str(live_map), "app") is None
+    live_map.write_text("live app_purple\n")
+    assert ro.haproxy_live_slot(str(live_map), "app") is None

@@ -199,3 +199,40 @@ def test_a_deploy_on_a_host_whose_state_was_lost_is_sent_to_the_repair(host: Hos
     assert not host.state.exists()
     host.repair(["blue", "green"])
     assert rs.execute(lock)["lock"]["run_id"] == "deploy-8"
+
+
+def damaged(**changes: Any) -> bytes:
+    raw = json.loads(rs.serialize_state(rs.empty_state()))
+    raw.update(changes)
+    return json.dumps(raw).encode()
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (damaged(schema=0), "schema must be an integer between 1 and 1"),
+        (damaged(history="lost"), "history must be a list"),
+        (damaged(history=[{"at": "2026-11-30T03:00:00Z", "event": ""}]), "a non-empty string"),
+        (damaged(history=[{"at": "2026-11-30T03:00:00Z", "event": "deploy", "msg": 7}]),
+         "a string or null"),
+        (b"\xff\xfe not text", "not UTF-8 text"),
+    ],
+    ids=["schema-0", "history-not-list", "empty-event", "msg-not-text", "not-utf8"],
+)  # fmt: skip
+def test_each_kind_of_damage_is_named_and_repaired(host: Host, content: bytes, why: str) -> None:
+    host.state.write_bytes(content)
+    with pytest.raises(rs.DamagedStateError, match=re.escape(why)):
+        rs.read_state(str(host.state))
+    result = host.repair(["green"])
+    assert result["repair"]["rebuilt"] and why in result["repair"]["damage"]
+    assert Path(result["repair"]["damaged_file_kept_as"]).read_bytes() == content
+
+
+@pytest.mark.parametrize(
+    ("age", "said"), [(90 * 60, "90m ago"), (5 * 3600, "5h ago"), (3 * 86400, "3d ago")]
+)
+def test_a_lock_s_age_is_said_in_the_unit_that_reads_best(host: Host, age: int, said: str) -> None:
+    since = datetime.fromtimestamp(NOW.timestamp() - age, tz=timezone.utc)
+    lock: rs.DeployLock = {"run_id": "r", "holder": "a@b", "purpose": "deploy",
+                           "since": rs.format_timestamp(since), "pid": None}  # fmt: skip
+    assert f"({said})" in rs.describe_lock("/x", lock, NOW)
