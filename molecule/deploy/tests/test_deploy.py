@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import subprocess
 import sys
@@ -32,6 +33,14 @@ from tests.tools.fleet import (
     assert_refused_at_the_gate,
     deploykit,
 )
+
+
+def test_the_hosts_run_the_debian_this_scenario_is_for(fleet: Fleet) -> None:
+    """deploy on Debian 12, deploy-trixie (the same tests) on Debian 13."""
+    expected = os.environ.get("BEAMOPS_EXPECT_DEBIAN", "12")
+    for name in HOSTS:
+        found = fleet.hosts[name].check_output(". /etc/os-release; echo $VERSION_ID")
+        assert found == expected, (name, found)
 
 
 def test_first_deploy_serves_0_1_0_through_both_proxies(fleet: Fleet) -> None:
