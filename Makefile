@@ -62,7 +62,7 @@ $(PROMTOOL): $(STAMP)/deps
 	@cd $(CURDIR)/build/tools/prometheus-deb && apt-get download -qq prometheus 2>/dev/null \
 	  && dpkg-deb -x prometheus_*.deb root && rm -f prometheus_*.deb
 	@ln -sfn $(CURDIR)/build/tools/prometheus-deb/root/usr/bin/promtool $@
-	@$@ --version | head -1
+	@$@ --version | sed -n 1p
 
 # The oldest ansible-core requires_ansible claims, in a venv of its own for the oldest-core
 # scenario (the main venv has the newest): tests/matrix/ pins it and what it pulls in.
@@ -72,7 +72,7 @@ $(STAMP)/oldest-core: tests/matrix/ansible-core-2.19.0.txt $(STAMP)/deps
 	@[ -x $(OLDEST_CORE)/bin/python ] || $(PYTHON) -m venv $(OLDEST_CORE)
 	@$(OLDEST_CORE)/bin/python -m pip install -q --disable-pip-version-check \
 	  -r tests/matrix/ansible-core-2.19.0.txt
-	@$(OLDEST_CORE)/bin/ansible --version | head -1
+	@$(OLDEST_CORE)/bin/ansible --version | sed -n 1p
 	@touch $@
 
 collection: $(CURDIR)/build/collections/ansible_collections/beamops/release
