@@ -66,12 +66,12 @@ $(PROMTOOL): $(STAMP)/deps
 
 # The oldest ansible-core requires_ansible claims, in a venv of its own for the oldest-core
 # scenario (the main venv has the newest): tests/matrix/ pins it and what it pulls in.
-OLDEST_CORE := $(CURDIR)/build/tools/ansible-core-2.19.0
+OLDEST_CORE := $(CURDIR)/build/tools/ansible-core-2.19.4
 oldest-core: $(STAMP)/oldest-core
-$(STAMP)/oldest-core: tests/matrix/ansible-core-2.19.0.txt $(STAMP)/deps
+$(STAMP)/oldest-core: tests/matrix/ansible-core-2.19.4.txt $(STAMP)/deps
 	@[ -x $(OLDEST_CORE)/bin/python ] || $(PYTHON) -m venv $(OLDEST_CORE)
 	@$(OLDEST_CORE)/bin/python -m pip install -q --disable-pip-version-check \
-	  -r tests/matrix/ansible-core-2.19.0.txt
+	  -r tests/matrix/ansible-core-2.19.4.txt
 	@$(OLDEST_CORE)/bin/ansible --version | sed -n 1p
 	@touch $@
 

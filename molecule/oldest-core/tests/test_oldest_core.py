@@ -1,4 +1,4 @@
-"""The collection on the oldest ansible-core it claims to support (requires_ansible >=2.19.0):
+"""The collection on the oldest ansible-core it claims to support (requires_ansible >=2.19.4):
 converge and idempotence ran with it; these runs do too."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import yaml
 
 from tests.tools.fleet import HOSTS, Fleet, deploykit
 
-OLDEST = "2.19.0"
+OLDEST = "2.19.4"
 
 
 def test_the_playbooks_run_on_the_oldest_claimed_ansible_core() -> None:
