@@ -104,13 +104,21 @@ def proxy_missing(proxy: str, dirs: Sequence[str] = PROXY_BINARY_DIRS) -> Option
     )
 
 
-_LISTEN_RE = re.compile(r"^\s*listen\s+(?:\S*:)?(\d+)\b", re.MULTILINE)
+_LISTEN_RE = re.compile(r"^\s*listen\s+([^\s;]+)", re.MULTILINE)
 TCP_LISTEN = "0A"  # the st column of /proc/net/tcp for a listening socket
+NGINX_DEFAULT_PORT = 80
 
 
 def nginx_listen_ports(site: str) -> Set[int]:
-    """The TCP ports an nginx site's `listen` lines name (`listen 80`, `listen [::]:80 ...`)."""
-    return {int(port) for port in _LISTEN_RE.findall(site)}
+    """The TCP ports an nginx site's `listen` lines name (`listen 80`, `listen [::]:80 ...`);
+    an address alone (`listen 127.0.0.1;`) listens on nginx's default port, 80."""
+    ports: Set[int] = set()
+    for target in _LISTEN_RE.findall(site):
+        if target.startswith("unix:"):
+            continue
+        port = target.rsplit(":", 1)[1] if ":" in target and not target.endswith("]") else target
+        ports.add(int(port) if port.isdigit() else NGINX_DEFAULT_PORT)
+    return ports
 
 
 def listening_ports(tables: Sequence[str] = ("/proc/net/tcp", "/proc/net/tcp6")) -> Set[int]:
@@ -336,13 +344,15 @@ class ProxySetup:
 
     def _wait_ports_closed(self, ports: Set[int], seconds: float = 10.0) -> None:
         deadline = time.monotonic() + seconds
-        while ports & self.listening():
+        still = ports & self.listening()
+        while still:
             if time.monotonic() > deadline:
                 raise ProxySetupError(
-                    f"nginx still listens on port(s) {sorted(ports & self.listening())} "
+                    f"nginx still listens on port(s) {sorted(still)} "
                     f"{seconds:.0f}s after its site was removed; HAProxy cannot take them over"
                 )
             time.sleep(0.05)
+            still = ports & self.listening()
 
     def _ensure_running(self) -> None:
         unit = f"{self.r.proxy}.service"

@@ -65,6 +65,7 @@ ACTIONS: Tuple[str, ...] = (
     "activate",
     "record_event",
     "prune",
+    "repair",  # run by state_repair.repair, not by execute: it needs the host surveyed first
 )
 STATE_FILE_NAME = "release-state.json"
 RELEASES_DIR_NAME = "releases"
@@ -98,6 +99,7 @@ REQUIRED_PARAMETERS: Dict[str, Tuple[str, ...]] = {
     "activate": ("slot", "version"),
     "record_event": ("event",),
     "prune": ("releases_dir", "keep"),
+    "repair": ("routing", "releases_dir"),
 }
 # Actions that change releases or slots must not run while another run holds the deploy lock;
 # record_event is exempt: appending to the history never breaks another run.
@@ -119,6 +121,10 @@ class StateFileError(ReleaseStateError):
 class DamagedStateError(StateFileError):
     """The file's content is not a state (not JSON, a field wrong): the repair action may
     rebuild it. A file of a newer schema, or one that cannot be read, is not damaged."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"release state file {path} is corrupt: {reason}; {_CORRUPT_HINT}")
+        self.reason = reason
 
 
 class FileLockTimeout(StateFileError):
@@ -341,7 +347,7 @@ def is_sha256(value: object) -> bool:
 
 
 def check_version(name: str, value: object) -> None:
-    if not isinstance(value, str) or not _VERSION_RE.fullmatch(value):
+    if not is_version(value):
         _invalid(
             name,
             "a non-empty release version of letters, digits and . _ + - starting with a letter "
@@ -407,9 +413,7 @@ def parse_state(text: str, path: str) -> State:
     try:
         raw = json.loads(text)
     except ValueError as exc:
-        raise DamagedStateError(
-            f"release state file {path} is corrupt: not valid JSON ({exc}); {_CORRUPT_HINT}"
-        ) from None
+        raise DamagedStateError(path, f"not valid JSON ({exc})") from None
     return _StateParser(path).state(raw)
 
 
@@ -426,10 +430,7 @@ class _StateParser:
         self.path = path
 
     def fail(self, where: str, expected: str, got: object) -> NoReturn:
-        raise DamagedStateError(
-            f"release state file {self.path} is corrupt: {where} must be {expected}, "
-            f"got {got!r}; {_CORRUPT_HINT}"
-        )
+        raise DamagedStateError(self.path, f"{where} must be {expected}, got {got!r}")
 
     def state(self, raw: object) -> State:
         top = self.mapping(raw, "the top level")
@@ -575,9 +576,7 @@ def read_state(path: str) -> Tuple[State, Optional[str]]:
     except FileNotFoundError:
         return empty_state(), None
     except UnicodeDecodeError as exc:
-        raise DamagedStateError(
-            f"release state file {path} is corrupt: not UTF-8 text ({exc}); {_CORRUPT_HINT}"
-        ) from None
+        raise DamagedStateError(path, f"not UTF-8 text ({exc})") from None
     except OSError as exc:
         raise StateFileError(f"cannot read release state file {path}: {exc}") from None
     return parse_state(text, path), text
@@ -811,6 +810,8 @@ def execute(
     Raises ReleaseStateError (or a subclass) for anything the operator must fix.
     """
     validate_request(request)
+    if request.action not in _HANDLERS and request.action != "read":
+        raise ValidationError(f"action={request.action} is not run by execute()")
     moment = now if now is not None else utc_now()
     if request.action == "read":
         state, text = read_state(request.path)

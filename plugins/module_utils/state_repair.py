@@ -25,10 +25,11 @@ import json
 import os
 from contextlib import nullcontext
 from datetime import datetime
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
+from ansible_collections.beamops.release.plugins.module_utils import input_checks, routing
 from ansible_collections.beamops.release.plugins.module_utils import release_state as rs
-from ansible_collections.beamops.release.plugins.module_utils import routing
+from ansible_collections.beamops.release.plugins.module_utils.atomic_file import write_if_changed
 
 RECORD_FILE = ".beamops-release.json"
 RECORD_MODE = 0o644
@@ -44,12 +45,7 @@ def write_record(release_dir: str, version: str, sha256: str, installed_at: str)
     """What the state says about a release, kept with the release itself: a lost state can be
     rebuilt with the checksum a later deploy of the same version is compared with."""
     text = json.dumps({"version": version, "sha256": sha256, "installed_at": installed_at})
-    path = record_path(release_dir)
-    temporary = path + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text + "\n")
-    os.chmod(temporary, RECORD_MODE)
-    os.replace(temporary, path)
+    write_if_changed(record_path(release_dir), text + "\n", RECORD_MODE)
 
 
 def read_record(release_dir: str, version: str) -> Optional[Dict[str, str]]:
@@ -159,7 +155,7 @@ def _place_slots(state: rs.State, found: Survey, timestamp: str) -> List[str]:
     notes: List[str] = []
     previous = found.links.get(other)
     if previous in state["releases"]:
-        _activate(state, str(previous), other, timestamp)
+        _activate(state, str(previous), timestamp)
         state["previous"] = {"slot": other, "version": str(previous), "since": timestamp,
                              "event": "repair"}  # fmt: skip
         notes.append(
@@ -173,7 +169,7 @@ def _place_slots(state: rs.State, found: Survey, timestamp: str) -> List[str]:
             "release is active; the next deploy leaves that slot alone"
         )
         return notes
-    _activate(state, str(version), serving, timestamp)
+    _activate(state, str(version), timestamp)
     release = state["releases"][str(version)]
     release["status"] = "good"
     release["reason"] = "serving when the state was rebuilt"
@@ -183,7 +179,7 @@ def _place_slots(state: rs.State, found: Survey, timestamp: str) -> List[str]:
     return notes
 
 
-def _activate(state: rs.State, version: str, slot: str, timestamp: str) -> None:
+def _activate(state: rs.State, version: str, timestamp: str) -> None:
     state["counters"]["activation"] += 1
     release = state["releases"][version]
     release["activated_seq"] = state["counters"]["activation"]
@@ -216,9 +212,12 @@ def reconcile(
             }  # fmt: skip
             notes.append(f"learned {version} (on disk, not in the state)")
     # After learning: the proxy may route to a release the state did not know.
-    _view, followed = rs.follow_the_proxy(state, where, timestamp, run_id)
+    view, followed = rs.follow_the_proxy(state, where, timestamp, run_id)
+    # A proxy routing to a release nobody knows is left for the operator: saying so again on
+    # each repair must not count as a change (the repair stays idempotent).
+    unresolved: List[str] = []
     if followed:
-        notes.append(followed)
+        (notes if view.get("drift_repaired") else unresolved).append(followed)
     kept = {ref["version"] for ref in (state["active"], state["previous"]) if ref}
     on_disk = set(found.recorded) | set(found.unrecorded)
     for version in sorted(set(state["releases"]) - on_disk - kept):
@@ -228,10 +227,32 @@ def reconcile(
         rs.append_history(
             state, timestamp, run_id, "repair", result="reconciled", msg="; ".join(notes)
         )
-    return notes + _unrecorded_notes(found)
+    return notes + unresolved + _unrecorded_notes(found)
 
 
 # --------------------------------------------------------------------------- the action
+class RepairTarget(NamedTuple):
+    where: routing.Routing
+    releases_dir: str
+
+
+def repair_target(request: rs.Request) -> RepairTarget:
+    """The validated request's routing (which proxy, which app's units) and releases directory:
+    checked before any systemctl call or file read uses them."""
+    rs.validate_request(request)
+    try:
+        where = routing.routing_from(request.routing)
+    except ValueError as exc:
+        raise rs.ValidationError(str(exc)) from exc
+    if where is None:
+        raise rs.ValidationError("routing is required when action=repair")
+    if not input_checks.APP_NAME.fullmatch(where.app):
+        raise rs.ValidationError(
+            f"routing.app must be the app's name (it names its systemd units), got {where.app!r}"
+        )
+    return RepairTarget(where, str(request.releases_dir))
+
+
 def repair(
     request: rs.Request,
     running: List[str],
@@ -241,9 +262,7 @@ def repair(
     """Rebuild a missing or damaged state file, or reconcile an intact one, from the host.
     A damaged file is kept as ``<path>.damaged-<time>``. Refused while a cutover runs, and
     (intact state) while another run holds the deploy lock, unless force."""
-    where = routing.routing_from(request.routing)
-    if where is None or not request.releases_dir:
-        raise rs.ValidationError("repair needs routing and releases_dir")
+    where, releases_dir = repair_target(request)
     busy = rs.cutover_running(request.path)
     if busy:
         raise rs.ReleaseStateError(
@@ -251,7 +270,7 @@ def repair(
         )
     moment = now if now is not None else rs.utc_now()
     timestamp = rs.format_timestamp(moment)
-    found = survey(request.releases_dir, where, running)
+    found = survey(releases_dir, where, running)
     with rs.exclusive_file_lock(request.path) if not check_mode else nullcontext():
         before, before_text, damage = _read_for_repair(request.path)
         if damage is None and before_text is not None:
@@ -278,8 +297,7 @@ def repair(
     result["repair"] = dict(found.describe(), rebuilt=rebuilt, damage=damage,
                             damaged_file_kept_as=kept_as, notes=notes)  # fmt: skip
     # What was done, and what stays for the operator to do (releases it could not vouch for).
-    said = notes if changed else _unrecorded_notes(found)
-    result["warnings"] = [f"state repair: {note}" for note in said]
+    result["warnings"] = [f"state repair: {note}" for note in notes]
     return result
 
 
@@ -289,7 +307,7 @@ def _read_for_repair(path: str) -> Tuple[rs.State, Optional[str], Optional[str]]
     try:
         state, text = rs.read_state(path)
     except rs.DamagedStateError as exc:
-        return rs.empty_state(), None, str(exc).split("; ", 1)[0]
+        return rs.empty_state(), None, exc.reason
     return state, text, None
 
 

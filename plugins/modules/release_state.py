@@ -519,7 +519,7 @@ from ansible_collections.beamops.release.plugins.module_utils.release_state impo
 )
 
 ARGUMENT_SPEC: Dict[str, Dict[str, Any]] = {
-    "action": {"type": "str", "required": True, "choices": [*ACTIONS, "repair"]},
+    "action": {"type": "str", "required": True, "choices": list(ACTIONS)},
     "base_dir": {"type": "path"},
     "path": {"type": "path"},
     "run_id": {"type": "str"},
@@ -588,8 +588,7 @@ def main() -> None:
     try:
         request = request_from_params(module.params)
         if request.action == "repair":
-            app = str((request.routing or {}).get("app", ""))
-            running = running_slots(module, app)
+            running = running_slots(module, state_repair.repair_target(request).where.app)
             result = state_repair.repair(request, running, check_mode=module.check_mode)
         else:
             result = execute(request, check_mode=module.check_mode)

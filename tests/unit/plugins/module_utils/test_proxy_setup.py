@@ -275,6 +275,9 @@ def test_nginx_still_on_the_port_after_its_reload_is_an_error(
 def test_listen_ports_come_from_nginx_sites_and_the_kernel_s_tables(tmp_path: Path) -> None:
     site = "server {\n  listen 80;\n  listen [::]:81 ipv6only=on;\n  # listen 82;\n}\n"
     assert ps.nginx_listen_ports(site) == {80, 81}
+    # An address alone listens on nginx's default port, not on a port named like its first octet.
+    bare = "listen 127.0.0.1;\nlisten 10.0.0.1:8443 ssl;\nlisten [::];\nlisten unix:/run/a.sock;\n"
+    assert ps.nginx_listen_ports(bare) == {80, 8443}
     table = tmp_path / "tcp"
     table.write_text(
         "  sl  local_address rem_address   st tx_queue rx_queue\n"

@@ -168,6 +168,42 @@ def test_without_a_routing_file_the_only_running_slot_serves(host: Host) -> None
     assert "no slot serves" in " ".join(nobody["warnings"])
 
 
+def test_a_proxy_routing_to_an_unknown_release_is_said_each_time_but_changes_nothing(
+    host: Host,
+) -> None:
+    host.repair(["blue", "green"])
+    host.install("0.3.0", "2026-11-03T10:00:00Z", record=False)
+    os.unlink(host.slots / "blue")
+    host.link("blue", "0.3.0")
+    host.route("blue")
+    first, again = host.repair(["blue", "green"]), host.repair(["blue", "green"])
+    for result in (first, again):
+        assert not result["changed"], result["repair"]["notes"]
+        assert "slot blue runs no release this state knows (0.3.0)" in " ".join(result["warnings"])
+    assert json.loads(host.state.read_text())["active"]["version"] == "0.2.0"
+
+
+@pytest.mark.parametrize(
+    ("routing", "why"),
+    [({"proxy": "nginx"}, "routing needs app, haproxy_map_file"),
+     ({"app": "app; rm -rf /"}, "routing.app must be the app's name"),
+     (None, "routing is required when action=repair")],
+    ids=["missing-keys", "bad-app", "none"],
+)  # fmt: skip
+def test_a_bad_repair_request_is_refused_before_the_host_is_read(
+    host: Host, routing: Any, why: str
+) -> None:
+    request = host.request()
+    if routing is not None and "app" in routing:
+        routing = {**(request.routing or {}), **routing}
+    request.routing = routing
+    with pytest.raises(rs.ValidationError, match=re.escape(why)):
+        sr.repair(request, ["green"], now=NOW)
+    request.routing, request.releases_dir = host.request().routing, "relative/releases"
+    with pytest.raises(rs.ValidationError, match="releases_dir must be"):
+        sr.repair(request, ["green"], now=NOW)
+
+
 def test_a_serving_slot_with_an_unrecorded_release_is_said_so(host: Host) -> None:
     os.unlink(sr.record_path(str(host.releases / "0.2.0")))
     result = host.repair(["green"])
