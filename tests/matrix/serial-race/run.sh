@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # Why requires_ansible is >=2.19.4: ansible-core 2.19.0 to 2.19.3 lose a task result between
 # plays now and then (the results thread dies with KeyError in _convert_wire_task_result_to_raw)
 # and ansible-playbook then waits forever. This runs the shape that hung our deploy N times with
