@@ -1112,20 +1112,29 @@ def _do_register(ctx: _Context) -> _Outcome:
                 "new version, or prune the old one first if it is not in use"
             )
         return _Outcome(msg=f"release {version} already registered (seq {known['seq']})")
-    counters = ctx.state["counters"]
+    seq = add_installed_release(ctx.state, version, sha256, ctx.timestamp, ctx.timestamp)
+    _append_history(ctx, "register", version=version, result="installed", msg=f"sha256 {sha256}")
+    return _Outcome(msg=f"release {version} registered (seq {seq})")
+
+
+def add_installed_release(
+    state: State, version: str, sha256: str, installed_at: str, timestamp: str
+) -> int:
+    """Add VERSION as installed under the next install number (register, and a repair learning
+    a release from its install record); return that number."""
+    counters = state["counters"]
     counters["install"] += 1
-    ctx.state["releases"][version] = {
+    state["releases"][version] = {
         "seq": counters["install"],
         "status": "installed",
         "sha256": sha256,
-        "installed_at": ctx.timestamp,
-        "updated_at": ctx.timestamp,
+        "installed_at": installed_at,
+        "updated_at": timestamp,
         "reason": None,
         "activated_seq": None,
         "activated_at": None,
     }
-    _append_history(ctx, "register", version=version, result="installed", msg=f"sha256 {sha256}")
-    return _Outcome(msg=f"release {version} registered (seq {counters['install']})")
+    return counters["install"]
 
 
 def _do_mark(ctx: _Context) -> _Outcome:

@@ -117,22 +117,18 @@ def survey(releases_dir: str, where: routing.Routing, running: List[str]) -> Sur
 
 
 # --------------------------------------------------------------------------- rebuilding
+def _by_install(found: Survey) -> List[Tuple[str, Dict[str, str]]]:
+    """The recorded releases in the order they were installed (then by version, for ties)."""
+    return sorted(found.recorded.items(), key=lambda item: (item[1]["installed_at"], item[0]))
+
+
 def rebuild(found: Survey, timestamp: str, run_id: Optional[str]) -> Tuple[rs.State, List[str]]:
     """A state naming what FOUND shows; returns it with what the operator must know."""
     state = rs.empty_state()
-    by_install = sorted(found.recorded.items(), key=lambda item: (item[1]["installed_at"], item[0]))
-    for seq, (version, record) in enumerate(by_install, start=1):
-        state["releases"][version] = {
-            "seq": seq,
-            "status": "installed",
-            "sha256": record["sha256"],
-            "installed_at": record["installed_at"],
-            "updated_at": timestamp,
-            "reason": None,
-            "activated_seq": None,
-            "activated_at": None,
-        }
-    state["counters"]["install"] = len(by_install)
+    for version, record in _by_install(found):
+        rs.add_installed_release(
+            state, version, record["sha256"], record["installed_at"], timestamp
+        )
     notes = _place_slots(state, found, timestamp)
     notes += _unrecorded_notes(found)
     rs.append_history(
@@ -201,15 +197,11 @@ def reconcile(
     """An intact state made to agree with the host: it learns recorded releases it lacks,
     follows the proxy and forgets releases whose directory is gone. Returns what changed."""
     notes: List[str] = []
-    for version, record in sorted(found.recorded.items(), key=lambda i: i[1]["installed_at"]):
+    for version, record in _by_install(found):
         if version not in state["releases"]:
-            state["counters"]["install"] += 1
-            state["releases"][version] = {
-                "seq": state["counters"]["install"], "status": "installed",
-                "sha256": record["sha256"], "installed_at": record["installed_at"],
-                "updated_at": timestamp, "reason": None, "activated_seq": None,
-                "activated_at": None,
-            }  # fmt: skip
+            rs.add_installed_release(
+                state, version, record["sha256"], record["installed_at"], timestamp
+            )
             notes.append(f"learned {version} (on disk, not in the state)")
     # After learning: the proxy may route to a release the state did not know.
     view, followed = rs.follow_the_proxy(state, where, timestamp, run_id)

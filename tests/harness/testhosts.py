@@ -267,10 +267,6 @@ class Config:
 
     # paths ------------------------------------------------------------------
     @property
-    def template_dir(self) -> Path:
-        return self.state_dir / "template"
-
-    @property
     def hosts_dir(self) -> Path:
         return self.state_dir / "hosts"
 
@@ -928,8 +924,12 @@ def _source_hooks(destination: Path) -> list[str]:
 def _write_apt_index(repo: Path) -> None:
     """Make REPO a flat apt repository: Packages (control fields of each .deb plus where it
     is and its checksums) and a Release file naming it (apt wants one even when trusted)."""
-    for leftover in [*repo.glob("lock"), *repo.glob("partial")]:
-        _safe_rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    # apt-get download leaves these behind; they are no packages.
+    for leftover in (repo / "lock", repo / "partial"):
+        if leftover.is_dir():
+            _safe_rmtree(leftover)
+        else:
+            leftover.unlink(missing_ok=True)
     paragraphs = []
     for deb in sorted(repo.glob("*.deb")):
         control = _run(["dpkg-deb", "--field", str(deb)], what=f"dpkg-deb --field {deb.name}")
@@ -1299,13 +1299,12 @@ def up(count: int, cfg: Config | None = None, images: Sequence[str] = ()) -> lis
         cfg.hosts_dir.mkdir(parents=True, exist_ok=True)
         wanted = [cfg.host_name(i) for i in range(1, count + 1)]
         image_of = {cfg.host_name(i + 1): image for i, image in enumerate(chosen)}
-        kept = [
-            n
-            for n in running_host_names(cfg)
-            if _host_image(cfg, n) == image_of.get(n, IMAGES[FULL_IMAGE]).name
-        ]
-        for name in running_host_names(cfg):
-            if name not in kept:  # booted from another image: start it afresh
+        running = running_host_names(cfg)
+        # A wanted host booted from another image starts afresh; hosts beyond COUNT stay as
+        # they are (a scenario's extra host outlives a smaller `up`).
+        kept = [n for n in running if n not in image_of or _host_image(cfg, n) == image_of[n].name]
+        for name in running:
+            if name not in kept:
                 _release_host(cfg, name, quiet=True)
         to_boot = [n for n in wanted if n not in kept]
         every = sorted(set(wanted) | set(kept), key=lambda n: cfg.host_index(n) or 0)
@@ -1383,7 +1382,7 @@ def purge(cfg: Config | None = None) -> None:
     cfg = cfg or Config.from_env()
     down(cfg)
     with _locked(cfg):
-        for path in ("template", "template.tmp", "template.old", "source.tmp", "build.log"):
+        for path in ("template.tmp", "template.old", "source.tmp", "build.log"):
             _safe_rmtree(cfg.state_dir / path)
         for image in IMAGES.values():
             _safe_rmtree(cfg.image_dir(image))
