@@ -223,7 +223,7 @@ class Request:
 
 
 @dataclasses.dataclass
-class Outcome:
+class _Outcome:
     """What an action handler reports besides the new state."""
 
     msg: str
@@ -815,9 +815,9 @@ def execute(
     moment = now if now is not None else utc_now()
     if request.action == "read":
         state, text = read_state(request.path)
-        outcome = Outcome(msg=_summary(state, request.path, text is None))
+        outcome = _Outcome(msg=_summary(state, request.path, text is None))
         outcome.extra.update(_routing_view(state, routing.routing_from(request.routing)))
-        return module_result(
+        return _result(
             request=request,
             state=state,
             changed=False,
@@ -838,7 +838,7 @@ def execute(
             write_state_file(request.path, after_text)
     if outcome.failure:
         raise ReleaseStateError(outcome.failure)
-    return module_result(
+    return _result(
         request=request,
         state=after,
         changed=changed,
@@ -858,14 +858,14 @@ def _write_lock(path: str, check_mode: bool, timeout: float) -> Iterator[None]:
         yield
 
 
-def module_result(
+def _result(
     *,
     request: Request,
     state: State,
     changed: bool,
     before_text: str,
     after_text: str,
-    outcome: Outcome,
+    outcome: _Outcome,
 ) -> Dict[str, Any]:
     # Not "path": AnsibleModule.exit_json would then add file facts, overwriting "state".
     result: Dict[str, Any] = {"changed": changed, "msg": outcome.msg, "state_file": request.path}
@@ -950,11 +950,11 @@ def _ensure_lock_allows(ctx: _Context) -> None:
     )
 
 
-def _do_lock(ctx: _Context) -> Outcome:
+def _do_lock(ctx: _Context) -> _Outcome:
     request = ctx.request
     run_id, holder = _required(request.run_id), _required(request.holder)  # validated before
     current = ctx.state["lock"]
-    outcome = Outcome(msg="", extra={"stolen_from": None})
+    outcome = _Outcome(msg="", extra={"stolen_from": None})
     if current is not None and current["run_id"] == request.run_id:
         outcome.msg = f"deploy lock already held by this run ({request.run_id})"
         return outcome
@@ -1054,7 +1054,7 @@ def follow_the_proxy(
     return view, repaired
 
 
-def _follow_the_proxy(ctx: _Context, outcome: Outcome) -> None:
+def _follow_the_proxy(ctx: _Context, outcome: _Outcome) -> None:
     where = routing.routing_from(ctx.request.routing)
     _refuse_a_lost_state(ctx.state, where, ctx.request.path)
     view, warning = follow_the_proxy(ctx.state, where, ctx.timestamp, ctx.request.run_id)
@@ -1074,10 +1074,10 @@ def _refuse_a_lost_state(state: State, where: Optional[routing.Routing], path: s
         )
 
 
-def _do_unlock(ctx: _Context) -> Outcome:
+def _do_unlock(ctx: _Context) -> _Outcome:
     request = ctx.request
     current = ctx.state["lock"]
-    outcome = Outcome(msg="", extra={"stolen_from": None})
+    outcome = _Outcome(msg="", extra={"stolen_from": None})
     if current is None:
         outcome.msg = "deploy lock already free"
         return outcome
@@ -1099,7 +1099,7 @@ def _do_unlock(ctx: _Context) -> Outcome:
     return outcome
 
 
-def _do_register(ctx: _Context) -> Outcome:
+def _do_register(ctx: _Context) -> _Outcome:
     _ensure_lock_allows(ctx)
     version = _required(ctx.request.version)
     sha256 = _required(ctx.request.sha256).lower()
@@ -1111,10 +1111,10 @@ def _do_register(ctx: _Context) -> Outcome:
                 f"{known['sha256']}, not {sha256}: a version must not change content; build a "
                 "new version, or prune the old one first if it is not in use"
             )
-        return Outcome(msg=f"release {version} already registered (seq {known['seq']})")
+        return _Outcome(msg=f"release {version} already registered (seq {known['seq']})")
     seq = add_installed_release(ctx.state, version, sha256, ctx.timestamp, ctx.timestamp)
     _append_history(ctx, "register", version=version, result="installed", msg=f"sha256 {sha256}")
-    return Outcome(msg=f"release {version} registered (seq {seq})")
+    return _Outcome(msg=f"release {version} registered (seq {seq})")
 
 
 def add_installed_release(
@@ -1137,7 +1137,7 @@ def add_installed_release(
     return counters["install"]
 
 
-def _do_mark(ctx: _Context) -> Outcome:
+def _do_mark(ctx: _Context) -> _Outcome:
     _ensure_lock_allows(ctx)
     version = _required(ctx.request.version)
     status = _required(ctx.request.status)
@@ -1145,17 +1145,17 @@ def _do_mark(ctx: _Context) -> Outcome:
     release = _known_release(ctx, version)
     # Re-marking without a reason keeps the recorded one: re-running a play stays unchanged.
     if release["status"] == status and reason in (None, release["reason"]):
-        return Outcome(msg=f"release {version} already marked {status}")
+        return _Outcome(msg=f"release {version} already marked {status}")
     release["status"] = status
     release["reason"] = reason
     release["updated_at"] = ctx.timestamp
     active = ctx.state["active"]
     slot = active["slot"] if active and active["version"] == version else None
     _append_history(ctx, "mark", version=version, slot=slot, result=status, msg=reason)
-    return Outcome(msg=f"release {version} marked {status}")
+    return _Outcome(msg=f"release {version} marked {status}")
 
 
-def _do_activate(ctx: _Context) -> Outcome:
+def _do_activate(ctx: _Context) -> _Outcome:
     _ensure_lock_allows(ctx)
     version = _required(ctx.request.version)
     slot = _required(ctx.request.slot)
@@ -1163,8 +1163,8 @@ def _do_activate(ctx: _Context) -> Outcome:
     release = _known_release(ctx, version)
     active = ctx.state["active"]
     if active is not None and active["slot"] == slot and active["version"] == version:
-        return Outcome(msg=f"release {version} already active on {slot}")
-    outcome = Outcome(msg=f"release {version} active on {slot} ({event})")
+        return _Outcome(msg=f"release {version} already active on {slot}")
+    outcome = _Outcome(msg=f"release {version} active on {slot} ({event})")
     if release["status"] == "bad":
         outcome.warnings.append(
             f"activating release {version}, which is marked bad"
@@ -1182,7 +1182,7 @@ def _do_activate(ctx: _Context) -> Outcome:
     return outcome
 
 
-def _do_record_event(ctx: _Context) -> Outcome:
+def _do_record_event(ctx: _Context) -> _Outcome:
     request = ctx.request
     event = _required(request.event)
     _append_history(
@@ -1193,7 +1193,7 @@ def _do_record_event(ctx: _Context) -> Outcome:
         result=request.result,
         msg=request.msg,
     )
-    return Outcome(msg=f"recorded {event} event")
+    return _Outcome(msg=f"recorded {event} event")
 
 
 def _known_release(ctx: _Context, version: str) -> Release:
@@ -1249,7 +1249,7 @@ def plan_prune(state: State, on_disk: List[str], keep: int, protect: List[str]) 
     return PrunePlan(remove=remove, keep_reasons=keep_reasons, unknown=unknown)
 
 
-def _do_prune(ctx: _Context) -> Outcome:
+def _do_prune(ctx: _Context) -> _Outcome:
     _ensure_lock_allows(ctx)
     request = ctx.request
     releases_dir = _required(request.releases_dir)
@@ -1277,7 +1277,7 @@ def _do_prune(ctx: _Context) -> Outcome:
     order = {v: ctx.state["releases"][v]["seq"] for v in ctx.state["releases"]}
     kept = sorted(plan.keep_reasons, key=lambda v: order.get(v, 0))
     missing = [v for v in kept if not os.path.lexists(os.path.join(releases_dir, v))]
-    outcome = Outcome(
+    outcome = _Outcome(
         msg=_prune_summary(removed, kept, ctx.check_mode),
         extra={
             "removed": removed,
@@ -1331,7 +1331,7 @@ def _prune_summary(removed: List[str], kept: List[str], check_mode: bool) -> str
     return f"{verb} {gone}; kept {', '.join(kept) or 'nothing'}"
 
 
-_HANDLERS: Dict[str, Callable[[_Context], Outcome]] = {
+_HANDLERS: Dict[str, Callable[[_Context], _Outcome]] = {
     "lock": _do_lock,
     "unlock": _do_unlock,
     "register": _do_register,

@@ -21,7 +21,7 @@ import hashlib
 import os
 import shutil
 import tarfile
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 from ansible_collections.beamops.release.plugins.module_utils import (
     app_account,
@@ -98,11 +98,10 @@ def sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
-def registered_release(request: Request) -> Optional[Dict[str, Any]]:
-    """What the state says of this version (its sha256 and when it was installed), if known."""
+def registered_sha(request: Request) -> Optional[str]:
     state, _unused = release_state.read_state(request.state_path)
     known = state["releases"].get(request.version)
-    return dict(known) if known else None
+    return known["sha256"] if known else None
 
 
 # Left free after unpacking: the state file and the lock must still be writable.
@@ -128,13 +127,12 @@ def install(request: Request, check_mode: bool = False) -> Result:
 
 def _install_release(request: Request, check_mode: bool) -> Result:
     sha256 = request.sha256.lower()
-    registered = registered_release(request)
-    known = registered["sha256"] if registered else None
+    known = registered_sha(request)
     present = os.path.isfile(os.path.join(request.release_dir, "bin", request.app))
-    if registered and present and known == sha256:
+    if present and known == sha256:
         result = Result(msg=f"release {request.version} already installed", epmd=_epmd(request))
         if not check_mode:
-            _ensure_record(request, sha256, registered["installed_at"])
+            _ensure_record(request, sha256)
         if result.epmd is None and not check_mode:
             # The helper directory was emptied since: put epmd back.
             result.epmd = _install_epmd(request)
@@ -174,10 +172,16 @@ def _install_release(request: Request, check_mode: bool) -> Result:
     )
 
 
-def _ensure_record(request: Request, sha256: str, installed_at: str) -> None:
+def _ensure_record(request: Request, sha256: str) -> None:
     """Releases installed before install records existed get theirs on the next deploy."""
-    if state_repair.read_record(request.release_dir, request.version) is None:
-        state_repair.write_record(request.release_dir, request.version, sha256, installed_at)
+    if state_repair.read_record(request.release_dir, request.version) is not None:
+        return
+    state, _unused = release_state.read_state(request.state_path)
+    known = state["releases"].get(request.version)
+    installed_at = (
+        known["installed_at"] if known else release_state.format_timestamp(release_state.utc_now())
+    )
+    state_repair.write_record(request.release_dir, request.version, sha256, installed_at)
 
 
 def _verify_and_unpack(request: Request, sha256: str) -> None:

@@ -282,17 +282,15 @@ def repair(
             if kept_as:
                 os.replace(request.path, kept_as)
             rs.write_state_file(request.path, after_text)
-    outcome = rs.Outcome(
-        msg=_repair_message(after, changed=changed, rebuilt=rebuilt),
-        extra={"repair": dict(found.describe(), rebuilt=rebuilt, damage=damage,
-                              damaged_file_kept_as=kept_as, notes=notes)},
-        # What was done, and what stays for the operator to do (what it could not vouch for).
-        warnings=[f"state repair: {note}" for note in notes],
+    result = _result(
+        request, after, changed=changed, before_text=before_text, after_text=after_text,
+        rebuilt=rebuilt,
     )  # fmt: skip
-    return rs.module_result(
-        request=request, state=after, changed=changed, before_text=before_text or "",
-        after_text=after_text, outcome=outcome,
-    )  # fmt: skip
+    result["repair"] = dict(found.describe(), rebuilt=rebuilt, damage=damage,
+                            damaged_file_kept_as=kept_as, notes=notes)  # fmt: skip
+    # What was done, and what stays for the operator to do (releases it could not vouch for).
+    result["warnings"] = [f"state repair: {note}" for note in notes]
+    return result
 
 
 def _read_for_repair(path: str) -> Tuple[rs.State, Optional[str], Optional[str]]:
@@ -315,12 +313,30 @@ def _refuse_if_locked(state: rs.State, request: rs.Request, now: datetime) -> No
         )
 
 
-def _repair_message(state: rs.State, *, changed: bool, rebuilt: bool) -> str:
+def _result(
+    request: rs.Request,
+    state: rs.State,
+    *,
+    changed: bool,
+    before_text: Optional[str],
+    after_text: str,
+    rebuilt: bool,
+) -> Dict[str, Any]:
     if not changed:
-        return "the release state already agrees with the host"
-    if not rebuilt:
-        return "release state reconciled with the host"
-    active = state["active"]
-    return "release state rebuilt from the host: " + (
-        f"{active['version']} active on {active['slot']}" if active else "no release active"
-    )
+        msg = "the release state already agrees with the host"
+    elif rebuilt:
+        active = state["active"]
+        msg = "release state rebuilt from the host: " + (
+            f"{active['version']} active on {active['slot']}" if active else "no release active"
+        )
+    else:
+        msg = "release state reconciled with the host"
+    result: Dict[str, Any] = {"changed": changed, "msg": msg, "state_file": request.path}
+    result.update(rs.derive_view(state))
+    result["diff"] = {
+        "before": before_text or "",
+        "after": after_text,
+        "before_header": request.path,
+        "after_header": request.path,
+    }
+    return result
