@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.tools.checkout import copy_checkout
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -53,26 +54,11 @@ def test_mypy_strict() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def bare_checkout(into: Path) -> Path:
-    """The checkout's files as a fresh clone has them (tracked or new, nothing ignored: no
-    build/, no venv), copied to INTO."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, capture_output=True, check=True,
-    ).stdout.decode().split("\0")  # fmt: skip
-    for name in filter(None, listed):
-        source = REPO / name
-        if source.is_file():
-            (into / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, into / name, follow_symlinks=False)
-    return into
-
-
 def test_ansible_lint_production_profile_from_a_bare_checkout(tmp_path: Path) -> None:
     # As a contributor runs it right after cloning: no `make`, so no build/collections; ansible-lint
     # installs this checkout as beamops.release itself. An empty HOME: ~/.ansible/collections
     # (where molecule installs a copy) must not stand in for the checkout.
-    checkout = bare_checkout(tmp_path / "checkout")
+    checkout = copy_checkout(tmp_path / "checkout")
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")},
         "HOME": str(tmp_path),

@@ -18,13 +18,14 @@ from typing import Dict, List, Optional
 
 import yaml
 
+from tests.tools.checkout import copy_checkout
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 INSTALLED = REPO / "build" / "collections" / "ansible_collections" / "beamops" / "release"
 VERSION = str(yaml.safe_load((REPO / "galaxy.yml").read_text())["version"])
 TARBALL = f"beamops-release-{VERSION}.tar.gz"
 # Development-only trees a copy of the checkout leaves out (the rest is what git tracks).
-NOT_COPIED = (".git", ".venv", "build", "tests/output", "dist")
 
 
 def tool(
@@ -44,17 +45,6 @@ def tool(
     return subprocess.run(
         argv, cwd=cwd, env=environment, capture_output=True, text=True, timeout=900, check=False
     )
-
-
-def checkout_copy(target: Path) -> Path:
-    """The checkout as a user clones it (no venv, no build output)."""
-
-    def ignored(directory: str, names: List[str]) -> List[str]:
-        relative = Path(directory).relative_to(REPO)
-        return [n for n in names if str(relative / n).lstrip("./") in NOT_COPIED]
-
-    shutil.copytree(REPO, target, ignore=ignored, symlinks=True)
-    return target
 
 
 def build_tarball(output: Path) -> Path:
@@ -80,7 +70,7 @@ def test_the_readme_s_installation_works_as_written(tmp_path: Path) -> None:
     the collection lands in ~/.ansible/collections, and ansible-doc and ansible-playbook find
     its modules and playbooks by name."""
     shell, requirements = readme_installation()
-    clone = checkout_copy(tmp_path / "clone")
+    clone = copy_checkout(tmp_path / "clone")
     first = tool(["bash", "-euo", "pipefail", "-c", shell], clone, tmp_path / "home1")
     assert first.returncode == 0, first.stdout + first.stderr
     # The second way: the tarball copied into a project of the user's own.
@@ -200,7 +190,7 @@ def test_ansible_builder_creates_the_execution_environment_s_build_context(tmp_p
 def test_a_release_of_the_changelog_lists_each_change_once(tmp_path: Path) -> None:
     """`antsibull-changelog release` (`make changelog`) in a copy: CHANGELOG.rst holds every
     fragment's entry exactly once, and the fragments are consumed."""
-    clone = checkout_copy(tmp_path / "clone")
+    clone = copy_checkout(tmp_path / "clone")
     fragments = sorted((clone / "changelogs" / "fragments").glob("*.yml"))
     # Entries of the `trivial` section stay out of CHANGELOG.rst by design.
     entries = [

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.tools.checkout import copy_checkout
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 STAND_IN = REPO / "tests" / "tools" / "ansible_test_get_pip.py"
@@ -25,18 +27,7 @@ MISSING_BOOTSTRAP = re.compile(r"saved to: (\S+get_pip_[0-9_]+\.py)")
 def collection_tree(root: Path) -> Path:
     tree = root / "ansible_collections" / "beamops" / "release"
     tree.mkdir(parents=True)
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, capture_output=True, check=True,
-    ).stdout.decode().split("\0")  # fmt: skip
-    for name in filter(None, listed):
-        source = REPO / name
-        if source.is_file() and not source.is_symlink():
-            (tree / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, tree / name)
-        elif source.is_symlink():
-            (tree / name).parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(os.readlink(source), tree / name)
+    copy_checkout(tree)
     author = ["-c", "user.name=beamops", "-c", "user.email=beamops@localhost"]
     for git in (["init", "-q"], ["add", "-A"], [*author, "commit", "-qm", "sanity"]):
         subprocess.run(["git", *git], cwd=tree, check=True, capture_output=True)
